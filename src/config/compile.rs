@@ -1,0 +1,660 @@
+//! Validation and compilation: [`file::FileConfig`] → [`Snapshot`]. Every check runs and every
+//! problem is collected (with its span) before anything is built, so one `check` run reports all
+//! mistakes, and a failed reload leaves the running snapshot untouched.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use ipnet::IpNet;
+use serde_json::json;
+use toml::Spanned;
+
+use super::file::{self, FileConfig, Forward, ListenerProtocol, TargetEntry};
+use super::snapshot::*;
+use super::{Diagnostics, Severity, SourceMap};
+use crate::balance::{GroupSettings, TargetGroup, TargetSpec};
+use crate::routing::{Conditions, Pattern, Router, Rule};
+use crate::telemetry::metrics::Metrics;
+
+/// What a compile needs besides the file itself.
+pub struct CompileInput<'a> {
+    /// Name of the file in messages (its path).
+    pub name: &'a str,
+    pub text: &'a str,
+    /// The running snapshot, whose targets are reused by address.
+    pub previous: Option<&'a Snapshot>,
+    pub metrics: &'a Metrics,
+    pub generation: u64,
+}
+
+/// ALB's limits, which pilotfish follows so configs move between the two.
+const MAX_PRIORITY: u32 = 50_000;
+const MAX_WEIGHT: u32 = 999;
+const MAX_RETRIES: u32 = 5;
+const MAX_FIXED_BODY: usize = 64 * 1024;
+/// hyper will not run with a smaller read buffer, so smaller head limits cannot be enforced.
+const MIN_HEADER_BYTES: usize = 8192;
+
+struct Ctx<'a> {
+    map: SourceMap<'a>,
+    diags: Vec<super::ConfigError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.map.diag(span, Severity::Error, msg);
+        self.diags.push(d);
+    }
+    fn warn(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.map.diag(span, Severity::Warning, msg);
+        self.diags.push(d);
+    }
+}
+
+/// Parses, validates and compiles a configuration. On success returns the snapshot and any warnings.
+pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+    let map = SourceMap::new(input.name, input.text);
+    let cfg = super::parse(&map, input.text)?;
+    let mut cx = Ctx { map, diags: Vec::new() };
+    validate(&mut cx, &cfg);
+    if cx.diags.iter().any(|d| d.severity == Severity::Error) {
+        cx.diags.sort_by_key(|d| (d.line, d.col));
+        return Err(Diagnostics(cx.diags));
+    }
+    let snap = build(&cfg, &input);
+    Ok((snap, Diagnostics(cx.diags)))
+}
+
+fn not_yet(cx: &mut Ctx<'_>, span: Range<usize>, what: &str, issue: &str) {
+    cx.err(span, format!("{what} is not supported yet by this build of pilotfish ({issue}); remove it"));
+}
+
+fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
+    let s = &cfg.server;
+    if s.admin_bind.get_ref().parse::<SocketAddr>().is_err() {
+        cx.err(s.admin_bind.span(), format!("bad admin_bind address {:?}: expected IP:PORT", s.admin_bind.get_ref()));
+    }
+    if !(MIN_HEADER_BYTES..=1 << 20).contains(s.max_header_bytes.get_ref()) {
+        cx.err(s.max_header_bytes.span(), format!("max_header_bytes must be between {MIN_HEADER_BYTES} and 1048576"));
+    }
+    if *s.max_connections.get_ref() == 0 {
+        cx.err(s.max_connections.span(), "max_connections must be at least 1");
+    }
+    if let Some(v) = &cfg.aws {
+        not_yet(cx, v.span(), "[aws]", "AWS discovery");
+    }
+    if let Some(v) = &cfg.cloudwatch {
+        not_yet(cx, v.span(), "[cloudwatch]", "CloudWatch publishing");
+    }
+    if let Some(v) = &cfg.certificates {
+        not_yet(cx, v.span(), "[[certificates]]", "TLS termination");
+    }
+
+    // Target groups.
+    let mut groups: HashSet<&str> = HashSet::new();
+    for tg in &cfg.target_groups {
+        let span = tg.span();
+        let tg = tg.get_ref();
+        let name = tg.name.get_ref();
+        if !valid_name(name) {
+            cx.err(tg.name.span(), format!("bad target group name {name:?}: use letters, digits, '-', '_' and '.'"));
+        } else if !groups.insert(name) {
+            cx.err(tg.name.span(), format!("duplicate target group name {name:?}"));
+        }
+        let mut addrs = HashSet::new();
+        for t in &tg.targets {
+            let (addr, weight) = match t.get_ref() {
+                TargetEntry::Addr(a) => (a, None),
+                TargetEntry::Weighted { address, weight } => (address, Some(*weight)),
+            };
+            match addr.parse::<SocketAddr>() {
+                Ok(a) if a.port() == 0 => cx.err(t.span(), format!("target {addr:?} needs a non-zero port")),
+                Ok(a) => {
+                    if !addrs.insert(a) {
+                        cx.err(t.span(), format!("duplicate target {a} in target group {name:?}"));
+                    }
+                }
+                Err(_) => cx.err(t.span(), format!("bad target address {addr:?}: expected IP:PORT (e.g. \"10.0.1.5:8080\")")),
+            }
+            if weight.is_some_and(|w| w > MAX_WEIGHT) {
+                cx.err(t.span(), format!("target weight must be 0..={MAX_WEIGHT}"));
+            }
+        }
+        if tg.retries.is_some_and(|r| r > MAX_RETRIES) {
+            cx.err(span.clone(), format!("target group {name:?}: retries must be 0..={MAX_RETRIES}"));
+        }
+        for (d, what) in [(&tg.connect_timeout, "connect_timeout"), (&tg.response_timeout, "response_timeout")] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                cx.err(span.clone(), format!("target group {name:?}: {what} must be greater than 0"));
+            }
+        }
+        if let Some(v) = &tg.slow_start {
+            if !v.get_ref().0.is_zero() {
+                not_yet(cx, v.span(), "slow_start", "target lifecycle");
+            }
+        }
+        if let Some(v) = &tg.deregistration_delay {
+            not_yet(cx, v.span(), "deregistration_delay", "target lifecycle");
+        }
+        if let Some(v) = &tg.health_check {
+            not_yet(cx, v.span(), "[target_groups.health_check]", "active health checks");
+        }
+        if let Some(v) = &tg.discovery {
+            not_yet(cx, v.span(), "[target_groups.discovery]", "service discovery");
+        }
+        if let Some(v) = &tg.autoscaling {
+            not_yet(cx, v.span(), "[target_groups.autoscaling]", "autoscaling");
+        }
+        if let Some(v) = &tg.tls {
+            not_yet(cx, v.span(), "tls to targets", "TLS");
+        }
+    }
+
+    // Listeners.
+    let mut listeners: HashSet<&str> = HashSet::new();
+    let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
+    for l in &cfg.listeners {
+        let l = l.get_ref();
+        let name = l.name.get_ref();
+        if !valid_name(name) {
+            cx.err(l.name.span(), format!("bad listener name {name:?}: use letters, digits, '-', '_' and '.'"));
+        } else if !listeners.insert(name) {
+            cx.err(l.name.span(), format!("duplicate listener name {name:?}"));
+        }
+        match l.bind.get_ref().parse::<SocketAddr>() {
+            Ok(a) => {
+                if let Some(other) = binds.insert(a, name).filter(|_| a.port() != 0) {
+                    cx.err(l.bind.span(), format!("listener {name:?} binds {a}, already bound by listener {other:?}"));
+                }
+            }
+            Err(_) => cx.err(l.bind.span(), format!("bad bind address {:?}: expected IP:PORT (e.g. \"0.0.0.0:80\")", l.bind.get_ref())),
+        }
+        if *l.protocol.get_ref() == ListenerProtocol::Https {
+            not_yet(cx, l.protocol.span(), "protocol = \"https\"", "TLS termination");
+        }
+        for (present, span, key) in [
+            (l.certificates.as_ref().map(|c| c.span()), "certificates"),
+            (l.default_certificate.as_ref().map(|c| c.span()), "default_certificate"),
+            (l.alpn.as_ref().map(|c| c.span()), "alpn"),
+        ]
+        .map(|(s, k)| (s.is_some(), s, k))
+        {
+            if present && *l.protocol.get_ref() == ListenerProtocol::Http {
+                cx.err(span.unwrap_or(0..0), format!("{key} is only valid on https listeners"));
+            }
+        }
+        if let Some(a) = &l.default_action {
+            let a = a.get_ref();
+            check_action(cx, &groups, a.forward.as_ref(), a.redirect.as_ref(), a.fixed_response.as_ref(), l.name.span(), "default_action");
+        }
+    }
+
+    // Rules.
+    let mut rule_names: HashSet<&str> = HashSet::new();
+    let mut priorities: HashMap<(&str, u32), &str> = HashMap::new();
+    for r in &cfg.rules {
+        let r = r.get_ref();
+        let name = r.name.get_ref();
+        if !valid_name(name) {
+            cx.err(r.name.span(), format!("bad rule name {name:?}: use letters, digits, '-', '_' and '.'"));
+        } else if !rule_names.insert(name) {
+            cx.err(r.name.span(), format!("duplicate rule name {name:?}"));
+        }
+        let prio = *r.priority.get_ref();
+        if !(1..=MAX_PRIORITY).contains(&prio) {
+            cx.err(r.priority.span(), format!("priority must be 1..={MAX_PRIORITY}"));
+        }
+        if r.listeners.get_ref().is_empty() {
+            cx.err(r.listeners.span(), format!("rule {name:?} names no listener"));
+        }
+        for l in r.listeners.get_ref() {
+            if !listeners.contains(l.get_ref().as_str()) {
+                cx.err(l.span(), format!("rule {name:?} names unknown listener {:?}", l.get_ref()));
+            } else if let Some(other) = priorities.insert((l.get_ref(), prio), name) {
+                cx.err(r.priority.span(), format!("priority {prio} on listener {:?} is already used by rule {other:?}", l.get_ref()));
+            }
+        }
+        if let Some(hosts) = &r.host {
+            for h in hosts.get_ref() {
+                if h.is_empty() || h.len() > 128 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*?_".contains(&b)) {
+                    cx.err(hosts.span(), format!("bad host pattern {h:?}: letters, digits, '-', '.', '_', '*' and '?' (max 128)"));
+                }
+            }
+            empty_list(cx, hosts, "host");
+        }
+        if let Some(paths) = &r.path {
+            for p in paths.get_ref() {
+                if !(p.starts_with('/') || p.starts_with('*')) || p.len() > 128 || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                    cx.err(paths.span(), format!("bad path pattern {p:?}: must start with '/' (or '*'), no spaces, max 128"));
+                }
+            }
+            empty_list(cx, paths, "path");
+        }
+        if let Some(methods) = &r.method {
+            for m in methods.get_ref() {
+                if Method::from_bytes(m.as_bytes()).is_err() || m.bytes().any(|b| b.is_ascii_lowercase()) {
+                    cx.err(methods.span(), format!("bad method {m:?}: an uppercase HTTP method token like \"GET\""));
+                }
+            }
+            empty_list(cx, methods, "method");
+        }
+        if let Some(ips) = &r.source_ip {
+            for ip in ips.get_ref() {
+                if parse_cidr(ip.get_ref()).is_none() {
+                    cx.err(ip.span(), format!("bad CIDR {:?}: expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"", ip.get_ref()));
+                }
+            }
+            empty_list(cx, ips, "source_ip");
+        }
+        if let Some(h) = &r.headers {
+            for (k, v) in h.get_ref() {
+                if HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    cx.err(h.span(), format!("bad header name {k:?}"));
+                }
+                if v.is_empty() {
+                    cx.err(h.span(), format!("header condition {k:?} lists no value"));
+                }
+            }
+        }
+        if let Some(q) = &r.query {
+            for (k, v) in q.get_ref() {
+                if k.is_empty() || v.is_empty() {
+                    cx.err(q.span(), format!("query condition {k:?} needs a key and at least one value"));
+                }
+            }
+        }
+        check_action(cx, &groups, r.forward.as_ref(), r.redirect.as_ref(), r.fixed_response.as_ref(), r.name.span(), &format!("rule {name:?}"));
+    }
+    if cfg.listeners.is_empty() {
+        cx.warn(0..0, "no [[listeners]]: pilotfish will serve nothing but its admin API");
+    }
+    let used: HashSet<String> = cfg
+        .rules
+        .iter()
+        .filter_map(|r| r.get_ref().forward.as_ref())
+        .chain(cfg.listeners.iter().filter_map(|l| l.get_ref().default_action.as_ref()?.get_ref().forward.as_ref()))
+        .flat_map(|f| forward_groups(f.get_ref()))
+        .collect();
+    for tg in &cfg.target_groups {
+        let tg = tg.get_ref();
+        if !used.contains(tg.name.get_ref()) {
+            cx.warn(tg.name.span(), format!("target group {:?} is not used by any rule or default action", tg.name.get_ref()));
+        }
+        if tg.targets.is_empty() {
+            cx.warn(tg.name.span(), format!("target group {:?} has no targets: requests to it get 503", tg.name.get_ref()));
+        }
+    }
+}
+
+fn empty_list<T>(cx: &mut Ctx<'_>, list: &Spanned<Vec<T>>, what: &str) {
+    if list.get_ref().is_empty() {
+        cx.err(list.span(), format!("empty {what} list: remove the condition to match any {what}"));
+    }
+}
+
+fn forward_groups(f: &Forward) -> Vec<String> {
+    match f {
+        Forward::One(g) => vec![g.clone()],
+        Forward::Weighted(arms) => arms.iter().map(|a| a.target_group.clone()).collect(),
+    }
+}
+
+fn check_action(
+    cx: &mut Ctx<'_>,
+    groups: &HashSet<&str>,
+    forward: Option<&Spanned<Forward>>,
+    redirect: Option<&Spanned<file::Redirect>>,
+    fixed: Option<&Spanned<file::FixedResponse>>,
+    owner_span: Range<usize>,
+    owner: &str,
+) {
+    let n = forward.is_some() as u8 + redirect.is_some() as u8 + fixed.is_some() as u8;
+    if n != 1 {
+        cx.err(owner_span, format!("{owner} needs exactly one action: forward, redirect or fixed_response (found {n})"));
+    }
+    if let Some(f) = forward {
+        match f.get_ref() {
+            Forward::One(g) => {
+                if !groups.contains(g.as_str()) {
+                    cx.err(f.span(), format!("{owner} forwards to unknown target group {g:?}"));
+                }
+            }
+            Forward::Weighted(arms) => {
+                if arms.is_empty() {
+                    cx.err(f.span(), format!("{owner}: weighted forward lists no target group"));
+                }
+                let mut seen = HashSet::new();
+                for a in arms {
+                    if !groups.contains(a.target_group.as_str()) {
+                        cx.err(f.span(), format!("{owner} forwards to unknown target group {:?}", a.target_group));
+                    }
+                    if !seen.insert(&a.target_group) {
+                        cx.err(f.span(), format!("{owner}: target group {:?} appears twice in one forward", a.target_group));
+                    }
+                    if a.weight > MAX_WEIGHT {
+                        cx.err(f.span(), format!("{owner}: forward weight must be 0..={MAX_WEIGHT}"));
+                    }
+                }
+                if !arms.is_empty() && arms.iter().all(|a| a.weight == 0) {
+                    cx.err(f.span(), format!("{owner}: forward weights are all zero"));
+                }
+            }
+        }
+    }
+    if let Some(r) = redirect {
+        let rd = r.get_ref();
+        if !matches!(rd.status, 301 | 302 | 303 | 307 | 308) {
+            cx.err(r.span(), format!("{owner}: redirect status must be 301, 302, 303, 307 or 308"));
+        }
+        if rd.protocol.as_deref().is_some_and(|p| p != "http" && p != "https") {
+            cx.err(r.span(), format!("{owner}: redirect protocol must be \"http\" or \"https\""));
+        }
+        if rd.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            cx.err(r.span(), format!("{owner}: redirect path must start with '/'"));
+        }
+        if rd.host.as_deref().is_some_and(|h| h.is_empty() || h.contains(['/', ' ', '?', '#'])) {
+            cx.err(r.span(), format!("{owner}: redirect host must be a bare host name"));
+        }
+        if rd.port == Some(0) {
+            cx.err(r.span(), format!("{owner}: redirect port must be 1..=65535"));
+        }
+    }
+    if let Some(f) = fixed {
+        let fr = f.get_ref();
+        if !(200..=599).contains(&fr.status) {
+            cx.err(f.span(), format!("{owner}: fixed_response status must be 200..=599"));
+        }
+        if HeaderValue::from_str(&fr.content_type).is_err() {
+            cx.err(f.span(), format!("{owner}: bad content_type {:?}", fr.content_type));
+        }
+        if fr.body.len() > MAX_FIXED_BODY {
+            cx.err(f.span(), format!("{owner}: fixed_response body is larger than {MAX_FIXED_BODY} bytes"));
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Parses a CIDR; a bare address is a single-host network.
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>().ok().map(|n| n.trunc()).or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building (input is valid here: every parse below was checked above).
+
+fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
+    let s = &cfg.server;
+    let server = ServerSettings {
+        worker_threads: s.worker_threads,
+        admin_bind: s.admin_bind.get_ref().parse().expect("validated"),
+        shutdown_drain: s.shutdown_drain.0,
+        idle_timeout: s.idle_timeout.0,
+        header_read_timeout: s.header_read_timeout.0,
+        max_header_bytes: *s.max_header_bytes.get_ref(),
+        max_connections: *s.max_connections.get_ref(),
+    };
+    let metrics = input.metrics;
+
+    let groups: BTreeMap<&str, Arc<TargetGroup>> = cfg
+        .target_groups
+        .iter()
+        .map(|tg| {
+            let tg = tg.get_ref();
+            let name: Arc<str> = tg.name.get_ref().as_str().into();
+            let settings = GroupSettings {
+                protocol: tg.protocol,
+                algorithm: tg.algorithm,
+                connect_timeout: tg.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+                response_timeout: tg.response_timeout.map_or(Duration::from_secs(60), |d| d.0),
+                retries: tg.retries.unwrap_or(1),
+            };
+            let specs: Vec<TargetSpec> = tg
+                .targets
+                .iter()
+                .map(|t| match t.get_ref() {
+                    TargetEntry::Addr(a) => TargetSpec { addr: a.parse().expect("validated"), weight: 100 },
+                    TargetEntry::Weighted { address, weight } => TargetSpec { addr: address.parse().expect("validated"), weight: *weight },
+                })
+                .collect();
+            let prev = input.previous.and_then(|p| p.target_group(&name));
+            (tg.name.get_ref().as_str(), Arc::new(TargetGroup::new(name, settings, &specs, prev.map(|g| &**g))))
+        })
+        .collect();
+
+    let listeners: Vec<Arc<ListenerConfig>> = cfg
+        .listeners
+        .iter()
+        .map(|l| {
+            let l = l.get_ref();
+            let lname: Arc<str> = l.name.get_ref().as_str().into();
+            let mut rules = Vec::new();
+            for r in &cfg.rules {
+                let r = r.get_ref();
+                if !r.listeners.get_ref().iter().any(|x| x.get_ref() == l.name.get_ref()) {
+                    continue;
+                }
+                rules.push(Rule {
+                    name: r.name.get_ref().as_str().into(),
+                    priority: *r.priority.get_ref(),
+                    conditions: conditions(r),
+                    action: action(metrics, &lname, &groups, r.forward.as_ref(), r.redirect.as_ref(), r.fixed_response.as_ref()),
+                });
+            }
+            let default = match &l.default_action {
+                Some(a) => {
+                    let a = a.get_ref();
+                    action(metrics, &lname, &groups, a.forward.as_ref(), a.redirect.as_ref(), a.fixed_response.as_ref())
+                }
+                None => Action::Fixed(FixedAction {
+                    status: StatusCode::NOT_FOUND,
+                    content_type: HeaderValue::from_static("text/plain"),
+                    body: Bytes::from_static(b"no route\n"),
+                    codes: metrics.requests(&lname, &"".into()),
+                }),
+            };
+            Arc::new(ListenerConfig {
+                name: lname.clone(),
+                bind: l.bind.get_ref().parse().expect("validated"),
+                protocol: *l.protocol.get_ref(),
+                router: Router::new(rules, default),
+                stats: metrics.listener(&lname),
+                own_codes: metrics.requests(&lname, &"".into()),
+            })
+        })
+        .collect();
+
+    let json = describe(cfg, input.generation);
+    Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json)
+}
+
+fn conditions(r: &file::Rule) -> Conditions {
+    let list = |v: &Option<Spanned<Vec<String>>>| v.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default();
+    Conditions {
+        hosts: list(&r.host).iter().map(|h| Pattern::new(h.strip_suffix('.').unwrap_or(h), true)).collect(),
+        paths: list(&r.path).iter().map(|p| Pattern::new(p, false)).collect(),
+        methods: list(&r.method).iter().map(|m| Method::from_bytes(m.as_bytes()).expect("validated")).collect(),
+        source_ips: r
+            .source_ip
+            .as_ref()
+            .map(|v| v.get_ref().iter().map(|ip| parse_cidr(ip.get_ref()).expect("validated")).collect())
+            .unwrap_or_default(),
+        headers: r
+            .headers
+            .as_ref()
+            .map(|h| {
+                h.get_ref()
+                    .iter()
+                    .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).expect("validated"), v.iter().map(|p| Pattern::new(p, false)).collect()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        query: r
+            .query
+            .as_ref()
+            .map(|q| q.get_ref().iter().map(|(k, v)| (k.clone(), v.iter().map(|p| Pattern::new(p, false)).collect())).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn action(
+    metrics: &Metrics,
+    listener: &Arc<str>,
+    groups: &BTreeMap<&str, Arc<TargetGroup>>,
+    forward: Option<&Spanned<Forward>>,
+    redirect: Option<&Spanned<file::Redirect>>,
+    fixed: Option<&Spanned<file::FixedResponse>>,
+) -> Action {
+    let none: Arc<str> = "".into();
+    if let Some(f) = forward {
+        let arm = |name: &str, weight: u32| {
+            let group = groups[name].clone();
+            ForwardArm {
+                codes: metrics.requests(listener, &group.name),
+                target_response: metrics.target_response(&group.name),
+                group,
+                weight,
+            }
+        };
+        let arms: Vec<ForwardArm> = match f.get_ref() {
+            Forward::One(g) => vec![arm(g, 1)],
+            Forward::Weighted(list) => list.iter().filter(|a| a.weight > 0).map(|a| arm(&a.target_group, a.weight)).collect(),
+        };
+        let total_weight = arms.iter().map(|a| a.weight).sum();
+        return Action::Forward(ForwardAction { arms, total_weight });
+    }
+    if let Some(r) = redirect {
+        let r = r.get_ref();
+        return Action::Redirect(RedirectAction {
+            protocol: r.protocol.as_deref().map(Into::into),
+            host: r.host.as_deref().map(Into::into),
+            port: r.port,
+            path: r.path.as_deref().map(Into::into),
+            query: r.query.as_deref().map(Into::into),
+            status: StatusCode::from_u16(r.status).expect("validated"),
+            codes: metrics.requests(listener, &none),
+        });
+    }
+    let f = fixed.expect("validated: exactly one action").get_ref();
+    Action::Fixed(FixedAction {
+        status: StatusCode::from_u16(f.status).expect("validated"),
+        content_type: HeaderValue::from_str(&f.content_type).expect("validated"),
+        body: Bytes::from(f.body.clone()),
+        codes: metrics.requests(listener, &none),
+    })
+}
+
+/// The active configuration as JSON for the admin API.
+fn describe(cfg: &FileConfig, generation: u64) -> serde_json::Value {
+    let s = &cfg.server;
+    json!({
+        "generation": generation,
+        "server": {
+            "worker_threads": s.worker_threads,
+            "admin_bind": s.admin_bind.get_ref(),
+            "shutdown_drain": humantime::format_duration(s.shutdown_drain.0).to_string(),
+            "idle_timeout": humantime::format_duration(s.idle_timeout.0).to_string(),
+            "header_read_timeout": humantime::format_duration(s.header_read_timeout.0).to_string(),
+            "max_header_bytes": s.max_header_bytes.get_ref(),
+            "max_connections": s.max_connections.get_ref(),
+        },
+        "listeners": cfg.listeners.iter().map(|l| {
+            let l = l.get_ref();
+            json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": format!("{:?}", l.protocol.get_ref()).to_lowercase()})
+        }).collect::<Vec<_>>(),
+        "rules": cfg.rules.iter().map(|r| {
+            let r = r.get_ref();
+            json!({
+                "name": r.name.get_ref(),
+                "priority": r.priority.get_ref(),
+                "listeners": r.listeners.get_ref().iter().map(|l| l.get_ref()).collect::<Vec<_>>(),
+                "host": r.host.as_ref().map(|h| h.get_ref()),
+                "path": r.path.as_ref().map(|h| h.get_ref()),
+                "forward": r.forward.as_ref().map(|f| forward_groups(f.get_ref())),
+                "redirect": r.redirect.is_some(),
+                "fixed_response": r.fixed_response.as_ref().map(|f| f.get_ref().status),
+            })
+        }).collect::<Vec<_>>(),
+        "target_groups": cfg.target_groups.iter().map(|t| {
+            let t = t.get_ref();
+            json!({
+                "name": t.name.get_ref(),
+                "protocol": format!("{:?}", t.protocol).to_lowercase(),
+                "algorithm": format!("{:?}", t.algorithm),
+                "targets": t.targets.iter().map(|e| match e.get_ref() {
+                    TargetEntry::Addr(a) => a.clone(),
+                    TargetEntry::Weighted { address, .. } => address.clone(),
+                }).collect::<Vec<_>>(),
+            })
+        }).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let m = Metrics::default();
+        match compile(CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1 }) {
+            Ok(_) => vec![],
+            Err(d) => d.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn collects_every_error_with_line_and_column() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "0.0.0.0:99999"
+
+[[rules]]
+name = "a"
+listeners = ["web", "nope"]
+priority = 5
+source_ip = ["10.0.0.0/33"]
+forward = "missing"
+
+[[rules]]
+name = "b"
+listeners = ["web"]
+priority = 5
+fixed_response = { status = 200 }
+forward = "api"
+
+[[target_groups]]
+name = "api"
+targets = ["127.0.0.1"]
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:4:8: bad bind address",
+            "t.toml:8:21: rule \"a\" names unknown listener \"nope\"",
+            "t.toml:10:14: bad CIDR",
+            "t.toml:11:11: rule \"a\" forwards to unknown target group \"missing\"",
+            "t.toml:14:8: rule \"b\" needs exactly one action",
+            "t.toml:16:12: priority 5 on listener \"web\" is already used",
+            "t.toml:22:12: bad target address",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_located() {
+        let e = errors("[server]\nidle_timout = \"5s\"\n");
+        assert!(e[0].starts_with("t.toml:2:1: unknown field `idle_timout`"), "{e:?}");
+        let e = errors("[server]\nidle_timeout = \"5 parsecs\"\n");
+        assert!(e[0].starts_with("t.toml:2:16: invalid duration"), "{e:?}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The TOML file schema, mirrored exactly: every table denies unknown keys, durations are strings
+//! (`"500ms"`, `"10s"`), and every value a later check may complain about is [`Spanned`] so the
+//! error can name its line and column. Nothing here validates meaning; that is [`super::compile`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A duration written as a human string in the file (`"250ms"`, `"30s"`, `"1m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration string such as \"500ms\", \"10s\" or \"1m\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
+                humantime::parse_duration(s)
+                    .map(Dur)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub access_log: AccessLog,
+    pub aws: Option<Spanned<toml::Value>>,
+    pub cloudwatch: Option<Spanned<toml::Value>>,
+    pub certificates: Option<Spanned<Vec<toml::Value>>>,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<Listener>>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<Rule>>,
+    #[serde(default)]
+    pub target_groups: Vec<Spanned<TargetGroup>>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub worker_threads: usize,
+    pub admin_bind: Spanned<String>,
+    pub shutdown_drain: Dur,
+    pub idle_timeout: Dur,
+    pub header_read_timeout: Dur,
+    pub max_header_bytes: Spanned<usize>,
+    pub max_connections: Spanned<usize>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            worker_threads: 0,
+            admin_bind: Spanned::new(0..0, "127.0.0.1:9901".into()),
+            shutdown_drain: Dur(Duration::from_secs(25)),
+            idle_timeout: Dur(Duration::from_secs(60)),
+            header_read_timeout: Dur(Duration::from_secs(10)),
+            max_header_bytes: Spanned::new(0..0, 65536),
+            max_connections: Spanned::new(0..0, 50_000),
+        }
+    }
+}
+
+/// `[access_log]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    pub format: AccessLogFormat,
+}
+
+/// Access log output format.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Off,
+}
+
+/// Listener protocol.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    Http,
+    Https,
+}
+
+/// `[[listeners]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    #[serde(default = "default_listener_protocol")]
+    pub protocol: Spanned<ListenerProtocol>,
+    pub certificates: Option<Spanned<Vec<String>>>,
+    pub default_certificate: Option<Spanned<String>>,
+    pub alpn: Option<Spanned<Vec<String>>>,
+    pub default_action: Option<Spanned<Action>>,
+}
+
+fn default_listener_protocol() -> Spanned<ListenerProtocol> {
+    Spanned::new(0..0, ListenerProtocol::Http)
+}
+
+/// An action: exactly one of its fields is set (checked in compile).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub forward: Option<Spanned<Forward>>,
+    pub redirect: Option<Spanned<Redirect>>,
+    pub fixed_response: Option<Spanned<FixedResponse>>,
+}
+
+/// `forward = "group"` or `forward = [{ target_group, weight }, …]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Forward {
+    One(String),
+    Weighted(Vec<WeightedGroup>),
+}
+
+/// One arm of a weighted forward.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedGroup {
+    pub target_group: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `redirect = { protocol, host, port, path, query, status }`; unset parts keep the request's.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    pub protocol: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub query: Option<String>,
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    301
+}
+
+/// `fixed_response = { status, content_type, body }`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FixedResponse {
+    pub status: u16,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub body: String,
+}
+
+fn default_content_type() -> String {
+    "text/plain".into()
+}
+
+/// `[[rules]]`: conditions (all optional) and exactly one action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub name: Spanned<String>,
+    pub listeners: Spanned<Vec<Spanned<String>>>,
+    pub priority: Spanned<u32>,
+    pub host: Option<Spanned<Vec<String>>>,
+    pub path: Option<Spanned<Vec<String>>>,
+    pub method: Option<Spanned<Vec<String>>>,
+    pub source_ip: Option<Spanned<Vec<Spanned<String>>>>,
+    pub headers: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    pub query: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    pub forward: Option<Spanned<Forward>>,
+    pub redirect: Option<Spanned<Redirect>>,
+    pub fixed_response: Option<Spanned<FixedResponse>>,
+}
+
+/// Upstream protocol of a target group.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+/// Target picking algorithm.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastOutstandingRequests,
+    WeightedRandom,
+}
+
+/// A static target: `"10.0.0.1:80"` or `{ address = "10.0.0.1:80", weight = 3 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TargetEntry {
+    Addr(String),
+    Weighted { address: String, weight: u32 },
+}
+
+/// `[[target_groups]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroup {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    pub slow_start: Option<Spanned<Dur>>,
+    pub deregistration_delay: Option<Spanned<Dur>>,
+    pub connect_timeout: Option<Dur>,
+    pub response_timeout: Option<Dur>,
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub targets: Vec<Spanned<TargetEntry>>,
+    pub health_check: Option<Spanned<toml::Value>>,
+    pub discovery: Option<Spanned<toml::Value>>,
+    pub autoscaling: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<toml::Value>>,
+}

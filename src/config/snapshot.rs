@@ -1,0 +1,142 @@
+//! The compiled configuration: immutable, fully validated, published with one `ArcSwap::store`.
+//! The request path reads only this (and the targets' atomics).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use rustc_hash::FxHashMap;
+
+use super::file::{AccessLogFormat, ListenerProtocol};
+use crate::balance::TargetGroup;
+use crate::routing::Router;
+use crate::telemetry::metrics::{CodeCounters, Histogram, ListenerStats};
+
+/// Process-wide settings from `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub worker_threads: usize,
+    pub admin_bind: SocketAddr,
+    pub shutdown_drain: Duration,
+    pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// One arm of a forward action.
+#[derive(Debug)]
+pub struct ForwardArm {
+    pub group: Arc<TargetGroup>,
+    pub weight: u32,
+    /// Responses of this listener × group.
+    pub codes: Arc<CodeCounters>,
+    pub target_response: Arc<Histogram>,
+}
+
+/// `forward`: one group, or several split by weight.
+#[derive(Debug)]
+pub struct ForwardAction {
+    pub arms: Vec<ForwardArm>,
+    pub total_weight: u32,
+}
+
+impl ForwardAction {
+    /// Chooses the arm for one request (by weight).
+    #[inline]
+    pub fn choose(&self) -> &ForwardArm {
+        if self.arms.len() == 1 {
+            return &self.arms[0];
+        }
+        let mut r = fastrand::u32(0..self.total_weight);
+        for arm in &self.arms {
+            if r < arm.weight {
+                return arm;
+            }
+            r -= arm.weight;
+        }
+        &self.arms[self.arms.len() - 1]
+    }
+}
+
+/// `redirect`: unset parts keep the request's values.
+#[derive(Debug)]
+pub struct RedirectAction {
+    pub protocol: Option<Box<str>>,
+    pub host: Option<Box<str>>,
+    pub port: Option<u16>,
+    pub path: Option<Box<str>>,
+    pub query: Option<Box<str>>,
+    pub status: StatusCode,
+    pub codes: Arc<CodeCounters>,
+}
+
+/// `fixed_response`.
+#[derive(Debug)]
+pub struct FixedAction {
+    pub status: StatusCode,
+    pub content_type: HeaderValue,
+    pub body: Bytes,
+    pub codes: Arc<CodeCounters>,
+}
+
+/// What a rule (or a listener's default) does with a request.
+#[derive(Debug)]
+pub enum Action {
+    Forward(ForwardAction),
+    Redirect(RedirectAction),
+    Fixed(FixedAction),
+}
+
+/// A compiled listener.
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub router: Router<Action>,
+    pub stats: Arc<ListenerStats>,
+    /// Responses the balancer gives before any rule applies (400, 408, …).
+    pub own_codes: Arc<CodeCounters>,
+}
+
+/// The whole compiled configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub server: ServerSettings,
+    pub access_log: AccessLogFormat,
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    listener_index: FxHashMap<Arc<str>, usize>,
+    pub target_groups: Vec<Arc<TargetGroup>>,
+    /// The active configuration for `GET /config` (paths, never key contents).
+    pub json: serde_json::Value,
+}
+
+impl Snapshot {
+    /// Assembles a snapshot (used by [`super::compile`]).
+    pub fn new(
+        generation: u64,
+        server: ServerSettings,
+        access_log: AccessLogFormat,
+        listeners: Vec<Arc<ListenerConfig>>,
+        target_groups: Vec<Arc<TargetGroup>>,
+        json: serde_json::Value,
+    ) -> Self {
+        let listener_index = listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i)).collect();
+        Snapshot { generation, server, access_log, listeners, listener_index, target_groups, json }
+    }
+
+    /// The listener called `name`.
+    #[inline]
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerConfig>> {
+        self.listener_index.get(name).map(|&i| &self.listeners[i])
+    }
+
+    /// The target group called `name`.
+    pub fn target_group(&self, name: &str) -> Option<&Arc<TargetGroup>> {
+        self.target_groups.iter().find(|g| &*g.name == name)
+    }
+}

@@ -1,0 +1,171 @@
+//! The `pilotfish` command: `run`, `check`, `demo`, `healthcheck`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use pilotfish::server::{ConfigSource, Options, Server, StartError};
+
+#[derive(Parser)]
+#[command(name = "pilotfish", version, about = "A fast Layer-7 load balancer with service discovery")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, env = "PILOTFISH_CONFIG", default_value = "pilotfish.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration: prints a summary (exit 0) or FILE:LINE:COL errors (exit 2).
+    Check {
+        #[arg(short, long, env = "PILOTFISH_CONFIG", default_value = "pilotfish.toml")]
+        config: PathBuf,
+    },
+    /// Start two demo backends and the balancer on 127.0.0.1:8080 (admin 9901).
+    Demo,
+    /// Exit 0 if URL answers 2xx (for a container HEALTHCHECK).
+    Healthcheck {
+        #[arg(default_value = "http://127.0.0.1:9901/readyz")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(ConfigSource::File(config)),
+        Command::Check { config } => return check(&config),
+        Command::Demo => demo(),
+        Command::Healthcheck { url } => return healthcheck(&url),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pilotfish: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: ConfigSource) -> anyhow::Result<ExitCode> {
+    let server = match Server::start(Options { config, access_log: None, signals: true }) {
+        Ok(s) => s,
+        Err(StartError::Config(d)) => {
+            eprintln!("{d}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    server.wait_for_shutdown_signal();
+    let cut = server.shutdown();
+    Ok(if cut == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let metrics = pilotfish::telemetry::metrics::Metrics::default();
+    let text = match pilotfish::config::read(path) {
+        Ok(t) => t,
+        Err(d) => {
+            eprintln!("{d}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = path.display().to_string();
+    let input = pilotfish::config::CompileInput { name: &name, text: &text, previous: None, metrics: &metrics, generation: 1 };
+    match pilotfish::config::compile(input) {
+        Ok((snap, warnings)) => {
+            for w in warnings.warnings() {
+                eprintln!("{w}");
+            }
+            println!("{name}: OK");
+            for l in &snap.listeners {
+                println!(
+                    "  listener {:?} on {} ({:?}): {} rule(s)",
+                    &*l.name,
+                    l.bind,
+                    l.protocol,
+                    l.router.rules().len()
+                );
+            }
+            for g in &snap.target_groups {
+                println!(
+                    "  target group {:?}: {} target(s), {:?}, {:?}",
+                    &*g.name,
+                    g.targets().targets().len(),
+                    g.settings.algorithm,
+                    g.settings.protocol
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(d) => {
+            eprintln!("{d}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo() -> anyhow::Result<ExitCode> {
+    let backends = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let (a, b) = backends.block_on(async {
+        anyhow::Ok((pilotfish::demo::start_backend("a").await?, pilotfish::demo::start_backend("b").await?))
+    })?;
+    let server = Server::start(Options {
+        config: ConfigSource::Text { name: "<demo>".into(), text: pilotfish::demo::config(a, b) },
+        access_log: None,
+        signals: true,
+    })
+    .context("starting the demo (is 127.0.0.1:8080 or :9901 in use?)")?;
+    eprintln!("{}", pilotfish::demo::TRY);
+    server.wait_for_shutdown_signal();
+    server.shutdown();
+    backends.shutdown_background();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn healthcheck(url: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(_) => return ExitCode::from(1),
+    };
+    match rt.block_on(tokio::time::timeout(Duration::from_secs(3), get_status(url))) {
+        Ok(Ok(s)) if (200..300).contains(&s) => ExitCode::SUCCESS,
+        Ok(Ok(s)) => {
+            eprintln!("{url}: HTTP {s}");
+            ExitCode::from(1)
+        }
+        Ok(Err(e)) => {
+            eprintln!("{url}: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("{url}: timed out");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn get_status(url: &str) -> anyhow::Result<u16> {
+    let uri: http::Uri = url.parse().context("bad URL")?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs are supported");
+    let host = uri.host().context("URL has no host")?;
+    let port = uri.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(http::header::HOST, uri.authority().map_or(host, |a| a.as_str()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    Ok(tx.send_request(req).await?.status().as_u16())
+}

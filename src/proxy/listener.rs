@@ -1,0 +1,306 @@
+//! Listeners: binding (SO_REUSEADDR, TCP_NODELAY), the accept loop with the connection limit,
+//! and each connection's lifecycle, including the two client timeouts hyper does not give us as
+//! we need them:
+//!
+//! - `header_read_timeout` (slowloris guard): from the first byte of a request head to its end.
+//!   A client that is too slow gets `408 Request Timeout` and the connection is closed. (hyper's
+//!   own timer also runs while a keep-alive connection is merely idle and closes without a 408.)
+//! - `idle_timeout` (ALB's): a connection with no request in progress and no bytes moving for
+//!   this long is closed.
+//!
+//! Both are one lazily re-armed timer per connection inside [`TimedIo`]: the hot path only
+//! stamps `Instant::now()` on reads and writes.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::forward::ClientInfo;
+use super::service::{handle, ConnCtx, ConnShared};
+use crate::state::SharedState;
+use crate::telemetry::access_log::Record;
+
+/// Binds a listening socket with `SO_REUSEADDR` (restarts do not wait for TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections on `listener` until `stop` turns true.
+pub async fn accept_loop(state: Arc<SharedState>, name: Arc<str>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot register listener with the runtime");
+            return;
+        }
+    };
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    loop {
+        // Above max_connections, stop accepting (the kernel backlog holds new clients).
+        let permit = tokio::select! {
+            p = state.connection_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let state = state.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    serve_connection(state, name, port, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(state: Arc<SharedState>, name: Arc<str>, port: u16, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let snap = state.load();
+    let Some(listener) = snap.listener(&name).cloned() else { return };
+    let server = snap.server.clone();
+    drop(snap);
+    let stats = listener.stats.clone();
+    stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    stats.active_connections.fetch_add(1, Ordering::Relaxed);
+
+    let shared = Arc::new(ConnShared::default());
+    let io = TimedIo::new(stream, shared.clone(), server.idle_timeout, server.header_read_timeout);
+    let timed_out = io.timed_out.clone();
+    let ctx = Arc::new(ConnCtx {
+        state: state.clone(),
+        listener: name.clone(),
+        client: ClientInfo { addr: peer, proto: "http", listener_port: port },
+        conn: shared,
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(server.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(server.max_header_bytes as u32)
+        .max_pending_accept_reset_streams(100)
+        .max_local_error_reset_streams(100);
+    let svc = service_fn(move |req| handle(ctx.clone(), req));
+    let result = builder.serve_connection(TokioIo::new(io), svc).await;
+
+    let code = if timed_out.load(Ordering::Relaxed) {
+        Some(408)
+    } else if let Err(e) = &result {
+        match e.downcast_ref::<hyper::Error>() {
+            Some(he) if he.is_parse_too_large() => Some(431),
+            Some(he) if he.is_parse() => Some(400),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    if let Some(code) = code {
+        // hyper (or TimedIo) already answered; count and log it like every balancer answer.
+        listener.own_codes.inc(code);
+        let reason = match code {
+            408 => "header_read_timeout",
+            431 => "header_too_large",
+            _ => "malformed_request",
+        };
+        if let Some(log) = state.access_log.as_ref() {
+            log.log(Record {
+                time: SystemTime::now(),
+                client: peer,
+                listener: name.clone(),
+                rule: None,
+                target_group: None,
+                target: None,
+                method: String::new(),
+                host: String::new(),
+                path: String::new(),
+                status: code,
+                request_processing_time: 0.0,
+                target_processing_time: None,
+                response_processing_time: 0.0,
+                bytes_in: 0,
+                user_agent: None,
+                request_id: None,
+                error: Some(reason),
+            });
+        }
+    }
+    stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A client TCP stream with the idle and header-read timeouts (see the module docs).
+pub struct TimedIo {
+    inner: TcpStream,
+    shared: Arc<ConnShared>,
+    idle: Duration,
+    header: Duration,
+    last_activity: Instant,
+    /// When the first byte of the current, not yet complete, request head arrived.
+    head_since: Option<Instant>,
+    /// `shared.started` when `head_since` was set.
+    head_seq: u64,
+    /// HTTP/2 connections are framed: only the idle timeout applies.
+    h2: Option<bool>,
+    timer: Pin<Box<Sleep>>,
+    timed_out: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
+
+impl TimedIo {
+    fn new(inner: TcpStream, shared: Arc<ConnShared>, idle: Duration, header: Duration) -> Self {
+        let now = Instant::now();
+        TimedIo {
+            inner,
+            shared,
+            idle,
+            header,
+            last_activity: now,
+            head_since: None,
+            head_seq: 0,
+            h2: None,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timed_out: Arc::default(),
+        }
+    }
+
+    fn on_read(&mut self, bytes: &[u8]) {
+        let now = Instant::now();
+        self.last_activity = now;
+        if self.h2.is_none() {
+            self.h2 = Some(bytes.starts_with(b"PRI "));
+        }
+        if self.h2 == Some(false) {
+            let started = self.shared.started.load(Ordering::Relaxed);
+            if self.shared.active.load(Ordering::Relaxed) > 0 {
+                self.head_since = None;
+            } else if self.head_since.is_none() || started != self.head_seq {
+                self.head_since = Some(now);
+                self.head_seq = started;
+            }
+        }
+    }
+
+    /// Called when a read would block: fires or arms the timer.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.shared.active.load(Ordering::Relaxed) > 0 {
+                return Poll::Pending;
+            }
+            let head_deadline = self
+                .head_since
+                .filter(|_| self.shared.started.load(Ordering::Relaxed) == self.head_seq)
+                .map(|t| t + self.header);
+            let idle_deadline = self.last_activity + self.idle;
+            let deadline = head_deadline.map_or(idle_deadline, |h| h.min(idle_deadline));
+            if Instant::now() >= deadline {
+                if head_deadline == Some(deadline) {
+                    // Best effort: the socket buffer is empty, the client is just slow.
+                    let _ = self.inner.try_write(TIMEOUT_408);
+                    self.timed_out.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head read timeout")));
+                }
+                // Idle: report EOF so the connection closes cleanly.
+                return Poll::Ready(Ok(()));
+            }
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let filled = &buf.filled()[before..];
+                    // Copy the few bytes we look at to satisfy the borrow checker cheaply.
+                    let mut head = [0u8; 4];
+                    let n = filled.len().min(4);
+                    head[..n].copy_from_slice(&filled[..n]);
+                    self.on_read(&head[..n]);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_timers(cx),
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.last_activity = Instant::now();
+            }
+        }
+        r
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            if n > 0 {
+                self.last_activity = Instant::now();
+            }
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

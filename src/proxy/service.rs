@@ -1,0 +1,251 @@
+//! The request pipeline: one snapshot load, request checks, route lookup, the action, then
+//! metrics and the access log.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::body::RespBody;
+use super::error::ProxyError;
+use super::forward::{self, ClientInfo, ForwardInfo};
+use crate::config::snapshot::{Action, RedirectAction};
+use crate::routing::{normalize_host, RequestView};
+use crate::state::SharedState;
+use crate::telemetry::access_log::{secs, Record};
+
+/// Per-connection state shared between the service and the connection's IO wrapper.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Requests whose head has been read on this connection.
+    pub started: AtomicU64,
+    /// Requests whose response head has not been produced yet.
+    pub active: AtomicU32,
+}
+
+struct ActiveGuard<'a>(&'a ConnShared);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection's requests share.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub state: Arc<SharedState>,
+    pub listener: Arc<str>,
+    pub client: ClientInfo,
+    pub conn: Arc<ConnShared>,
+}
+
+/// Serves one request.
+pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
+    let started = Instant::now();
+    if !req.headers().contains_key(&forward::X_REQUEST_ID) {
+        req.headers_mut().insert(&forward::X_REQUEST_ID, forward::new_request_id());
+    }
+    ctx.conn.started.fetch_add(1, Ordering::Relaxed);
+    ctx.conn.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(&ctx.conn);
+
+    let snap = ctx.state.load();
+    let Some(listener) = snap.listener(&ctx.listener) else {
+        // The listener was removed by a reload while this connection was open.
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: listener removed\n");
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(r);
+    };
+    let log = ctx.state.access_log.as_ref().filter(|_| snap.access_log == crate::config::file::AccessLogFormat::Json);
+    let logged = log.map(|_| LogHead::of(&req));
+
+    let mut info = ForwardInfo::default();
+    let mut rule_name = None;
+    let mut group_name = None;
+    let (resp, codes, error) = match request_host(&req) {
+        Err(e) => {
+            let r = error_response(&e);
+            (r, &listener.own_codes, Some(e.reason()))
+        }
+        Ok(raw_host) => {
+            let host = normalize_host(raw_host);
+            let view = RequestView {
+                host: &host,
+                path: req.uri().path(),
+                query: req.uri().query(),
+                method: req.method(),
+                source_ip: ctx.client.addr.ip().to_canonical(),
+                headers: req.headers(),
+            };
+            let route = listener.router.route(&view);
+            rule_name = route.rule.map(|r| r.name.clone());
+            match route.action {
+                Action::Fixed(f) => {
+                    let mut r = Response::new(RespBody::full(f.body.clone()));
+                    *r.status_mut() = f.status;
+                    r.headers_mut().insert(header::CONTENT_TYPE, f.content_type.clone());
+                    (r, &f.codes, None)
+                }
+                Action::Redirect(rd) => {
+                    let r = redirect(rd, &ctx.client, &host, &req);
+                    (r, &rd.codes, None)
+                }
+                Action::Forward(fw) => {
+                    let arm = fw.choose();
+                    group_name = Some(arm.group.name.clone());
+                    let raw_host = raw_host.to_owned();
+                    let (mut parts, body) = req.into_parts();
+                    forward::prepare_head(&mut parts, &ctx.client, &raw_host, arm.group.settings.protocol);
+                    match forward::forward(arm, Request::from_parts(parts, body), &mut info).await {
+                        Ok(r) => (r, &arm.codes, None),
+                        Err(e) => {
+                            tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, error = %e, "answered by the balancer");
+                            (error_response(&e), &arm.codes, Some(e.reason()))
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let status = resp.status().as_u16();
+    codes.inc(status);
+    let elapsed = started.elapsed();
+    listener.stats.request_duration.observe(elapsed);
+    if let (Some(log), Some(head)) = (log, logged) {
+        let target_time = info.target_time.map(secs);
+        log.log(Record {
+            time: SystemTime::now(),
+            client: ctx.client.addr,
+            listener: ctx.listener.clone(),
+            rule: rule_name,
+            target_group: group_name,
+            target: info.target,
+            method: head.method,
+            host: head.host,
+            path: head.path,
+            status,
+            request_processing_time: secs(elapsed - info.target_time.unwrap_or_default()),
+            target_processing_time: target_time,
+            response_processing_time: 0.0,
+            bytes_in: head.bytes_in,
+            user_agent: head.user_agent,
+            request_id: head.request_id,
+            error,
+        });
+    }
+    Ok(resp)
+}
+
+/// The request fields the access log needs, copied before the request moves on.
+struct LogHead {
+    method: String,
+    host: String,
+    path: String,
+    bytes_in: u64,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+}
+
+impl LogHead {
+    fn of(req: &Request<Incoming>) -> LogHead {
+        let h = req.headers();
+        let s = |n: &header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        LogHead {
+            method: req.method().to_string(),
+            host: request_host(req).unwrap_or("").to_owned(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+            bytes_in: h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0),
+            user_agent: s(&header::USER_AGENT),
+            request_id: s(&forward::X_REQUEST_ID),
+        }
+    }
+}
+
+/// The request's host as sent (`Host` or the URI authority, with port), checked per RFC 9112:
+/// exactly one valid `Host` on HTTP/1.1, agreeing with an absolute-form target.
+pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate_host"));
+    }
+    let host = match first {
+        Some(v) => {
+            let s = v.to_str().map_err(|_| ProxyError::BadRequest("invalid_host"))?;
+            if !s.is_empty() && s.parse::<http::uri::Authority>().is_err() {
+                return Err(ProxyError::BadRequest("invalid_host"));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => Err(ProxyError::BadRequest("host_mismatch")),
+        (Some(a), _) => Ok(a.as_str()),
+        (None, Some(h)) => Ok(h),
+        (None, None) if req.version() == Version::HTTP_11 => Err(ProxyError::BadRequest("missing_host")),
+        (None, None) => Ok(""),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// The response the balancer itself gives for `e`.
+pub fn error_response(e: &ProxyError) -> Response<RespBody> {
+    let mut r = text(e.status(), e.body());
+    if e.status() == StatusCode::BAD_REQUEST {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Builds the `Location` of a redirect: unset parts keep the request's protocol, host, port
+/// (the listener's), path and query; default ports are left out.
+fn redirect<B>(rd: &RedirectAction, client: &ClientInfo, host: &str, req: &Request<B>) -> Response<RespBody> {
+    let proto = rd.protocol.as_deref().unwrap_or(client.proto);
+    let host = rd.host.as_deref().unwrap_or(host);
+    let port = rd.port.unwrap_or(if rd.protocol.is_some() && rd.protocol.as_deref() != Some(client.proto) {
+        if proto == "https" {
+            443
+        } else {
+            80
+        }
+    } else {
+        client.listener_port
+    });
+    let path = rd.path.as_deref().unwrap_or(req.uri().path());
+    let query = match &rd.query {
+        Some(q) => (!q.is_empty()).then_some(&**q),
+        None => req.uri().query(),
+    };
+    let default_port = (proto == "https" && port == 443) || (proto == "http" && port == 80);
+    let host_fmt = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let mut loc = format!("{proto}://{host_fmt}");
+    if !default_port {
+        loc.push_str(&format!(":{port}"));
+    }
+    loc.push_str(path);
+    if let Some(q) = query {
+        loc.push('?');
+        loc.push_str(q);
+    }
+    let mut r = Response::new(RespBody::empty());
+    *r.status_mut() = rd.status;
+    match HeaderValue::from_str(&loc) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        Err(_) => return text(StatusCode::BAD_REQUEST, "400 Bad Request: cannot build redirect\n"),
+    }
+    r
+}

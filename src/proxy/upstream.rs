@@ -1,0 +1,148 @@
+//! Connections to targets: a per-target pool of idle HTTP/1.1 connections (a lock-free queue)
+//! and one shared multiplexed HTTP/2 (h2c) connection, with connect timeouts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::error::ProxyError;
+use crate::balance::GroupSettings;
+use crate::config::file::UpstreamProtocol;
+
+/// The body type sent to targets: the client's body, or nothing (a replayed request).
+pub type UpBody = Either<Incoming, Empty<Bytes>>;
+
+/// Idle HTTP/1.1 connections kept per target; more are closed when returned.
+const MAX_IDLE_PER_TARGET: usize = 512;
+/// Idle connections older than this are not reused: many servers close idle keep-alive
+/// connections after 60 s or less, and reusing one as it closes costs a retry.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
+
+struct IdleConn {
+    tx: http1::SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// A connection ready to take one request.
+pub enum Sender {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+/// Connections to one target.
+pub struct Pool {
+    idle: ArrayQueue<IdleConn>,
+    h2: ArcSwapOption<http2::SendRequest<UpBody>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("idle", &self.idle.len()).finish()
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Pool { idle: ArrayQueue::new(MAX_IDLE_PER_TARGET), h2: ArcSwapOption::empty() }
+    }
+
+    /// Idle HTTP/1.1 connections currently pooled.
+    pub fn idle_len(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// A connection to `addr` ready for a request: a pooled one when possible, else a new one.
+    pub async fn checkout(&self, addr: SocketAddr, settings: &GroupSettings) -> Result<Sender, ProxyError> {
+        match settings.protocol {
+            UpstreamProtocol::Http1 => {
+                while let Some(mut c) = self.idle.pop() {
+                    if c.since.elapsed() > MAX_IDLE_AGE {
+                        continue;
+                    }
+                    // Ready at once unless the connection closed meanwhile (then Err).
+                    if c.tx.ready().await.is_ok() {
+                        return Ok(Sender::H1(c.tx));
+                    }
+                }
+                Ok(Sender::H1(connect_h1(addr, settings).await?))
+            }
+            UpstreamProtocol::Http2 => {
+                if let Some(tx) = self.h2.load().as_deref() {
+                    if !tx.is_closed() {
+                        let mut tx = tx.clone();
+                        if tx.ready().await.is_ok() {
+                            return Ok(Sender::H2(tx));
+                        }
+                    }
+                }
+                let tx = connect_h2(addr, settings).await?;
+                self.h2.store(Some(Arc::new(tx.clone())));
+                Ok(Sender::H2(tx))
+            }
+        }
+    }
+
+    /// Returns an HTTP/1.1 connection whose response has been read in full.
+    pub fn checkin(&self, tx: http1::SendRequest<UpBody>) {
+        if !tx.is_closed() {
+            let _ = self.idle.push(IdleConn { tx, since: Instant::now() });
+        }
+    }
+}
+
+async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ProxyError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ProxyError::ConnectTimeout(addr)),
+        Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(TokioIo::new(stream))
+}
+
+async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<http1::SendRequest<UpBody>, ProxyError> {
+    let io = tcp(addr, settings.connect_timeout).await?;
+    let (tx, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| ProxyError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target: "pilotfish::upstream", %addr, error = %e, "upstream connection ended");
+        }
+    });
+    Ok(tx)
+}
+
+async fn connect_h2(addr: SocketAddr, settings: &GroupSettings) -> Result<http2::SendRequest<UpBody>, ProxyError> {
+    let io = tcp(addr, settings.connect_timeout).await?;
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(settings.connect_timeout.max(Duration::from_secs(5)))
+        .handshake(io)
+        .await
+        .map_err(|source| ProxyError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(target: "pilotfish::upstream", %addr, error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok(tx)
+}

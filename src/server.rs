@@ -1,0 +1,233 @@
+//! Process wiring: the data-plane runtime (multi-thread, `server.worker_threads`), the control
+//! thread (own OS thread, current-thread runtime: admin API, signals, reloads), start-up and
+//! graceful shutdown. `main` and the integration tests both start pilotfish through [`Server`].
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::config::{self, CompileInput, Diagnostics};
+use crate::control::Control;
+use crate::state::SharedState;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::admin;
+use crate::telemetry::metrics::Metrics;
+
+/// Where the configuration comes from.
+pub enum ConfigSource {
+    /// A file, re-read on every reload.
+    File(PathBuf),
+    /// Text (the demo, tests); `name` is used in messages.
+    Text { name: String, text: String },
+}
+
+/// How to start.
+pub struct Options {
+    pub config: ConfigSource,
+    /// Where access log lines go (None: stdout).
+    pub access_log: Option<Box<dyn Write + Send>>,
+    /// Install SIGHUP (reload) and SIGTERM/SIGINT (shutdown) handlers on the control thread.
+    pub signals: bool,
+}
+
+/// Why start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(Diagnostics),
+    #[error("{}", .0.join("\n"))]
+    Bind(Vec<String>),
+    #[error("admin API: cannot bind {addr}: {source}")]
+    Admin { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running pilotfish.
+pub struct Server {
+    control: Arc<Control>,
+    admin_addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    control_thread: Option<std::thread::JoinHandle<()>>,
+    control_stop: Option<oneshot::Sender<()>>,
+    shutdown_rx: std::sync::mpsc::Receiver<()>,
+}
+
+impl Server {
+    /// Compiles the configuration, binds every listener and the admin API, and starts serving.
+    pub fn start(opts: Options) -> Result<Server, StartError> {
+        let (name, text, path) = match opts.config {
+            ConfigSource::File(p) => {
+                let text = config::read(&p).map_err(StartError::Config)?;
+                (p.display().to_string(), text, Some(p))
+            }
+            ConfigSource::Text { name, text } => (name, text, None),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (snap, warnings) =
+            config::compile(CompileInput { name: &name, text: &text, previous: None, metrics: &metrics, generation: 1 })
+                .map_err(StartError::Config)?;
+        for w in warnings.warnings() {
+            tracing::warn!("{w}");
+        }
+        let workers = match snap.server.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let admin_bind = snap.server.admin_bind;
+        let access_log = (snap.access_log == config::file::AccessLogFormat::Json)
+            .then(|| AccessLog::start(metrics.clone(), opts.access_log.unwrap_or_else(|| Box::new(std::io::stdout()))));
+        let state = Arc::new(SharedState::new(snap, metrics, access_log));
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("pilotfish-worker")
+            .enable_all()
+            .build()
+            .map_err(StartError::Runtime)?;
+        let control = Arc::new(Control::new(state.clone(), path, runtime.handle().clone()));
+        control.start_listeners().map_err(StartError::Bind)?;
+
+        let admin = std::net::TcpListener::bind(admin_bind).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
+        admin.set_nonblocking(true).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
+        let admin_addr = admin.local_addr().unwrap_or(admin_bind);
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
+        let c = control.clone();
+        let signals = opts.signals;
+        let control_thread = std::thread::Builder::new()
+            .name("pilotfish-control".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("control runtime");
+                rt.block_on(control_main(c, admin, signals, stop_rx, shutdown_tx));
+            })
+            .map_err(StartError::Runtime)?;
+        tracing::info!(admin = %admin_addr, workers, "pilotfish is serving");
+        Ok(Server {
+            control,
+            admin_addr,
+            runtime: Some(runtime),
+            control_thread: Some(control_thread),
+            control_stop: Some(stop_tx),
+            shutdown_rx,
+        })
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.control.listener_addr(name)
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The control plane (reloads).
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Blocks until SIGTERM or SIGINT (with `signals`).
+    pub fn wait_for_shutdown_signal(&self) {
+        let _ = self.shutdown_rx.recv();
+    }
+
+    /// Graceful stop: readiness turns 503, listeners stop accepting, requests in flight to targets
+    /// get up to `server.shutdown_drain` to finish. Returns how many were still running when
+    /// the budget ran out.
+    pub fn shutdown(mut self) -> u64 {
+        let state = &self.control.state;
+        state.set_draining();
+        self.control.stop_all();
+        let budget = state.load().server.shutdown_drain;
+        let deadline = Instant::now() + budget;
+        let in_flight = || -> u64 {
+            let snap = state.load();
+            snap.target_groups.iter().map(|g| g.targets().targets().iter().map(|t| u64::from(t.in_flight())).sum::<u64>()).sum()
+        };
+        while in_flight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let cut = in_flight();
+        if cut > 0 {
+            tracing::warn!(requests = cut, "shutdown_drain elapsed with requests still in flight; cutting them");
+        }
+        self.stop();
+        cut
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.control_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.control_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.control.stop_all();
+        self.stop();
+    }
+}
+
+async fn control_main(
+    control: Arc<Control>,
+    admin: std::net::TcpListener,
+    signals: bool,
+    stop: oneshot::Receiver<()>,
+    shutdown_tx: std::sync::mpsc::Sender<()>,
+) {
+    let admin = match tokio::net::TcpListener::from_std(admin) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "admin API listener failed");
+            return;
+        }
+    };
+    tokio::spawn(admin::serve(admin, control.clone()));
+    if signals {
+        tokio::spawn(signal_loop(control.clone(), shutdown_tx));
+    }
+    let _ = stop.await;
+}
+
+#[cfg(unix)]
+async fn signal_loop(control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                control.reload();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutdown signal received");
+    let _ = shutdown_tx.send(());
+}
+
+#[cfg(not(unix))]
+async fn signal_loop(_control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = shutdown_tx.send(());
+}

@@ -1,0 +1,90 @@
+//! The JSON access log: one line per request on stdout (the awslogs → CloudWatch Logs
+//! convention). Requests hand a record to a bounded channel and never wait: a dedicated thread
+//! formats and writes with a buffered stdout, flushing whenever the channel runs dry. If the writer
+//! falls behind, records are dropped and counted (`pilotfish_access_log_dropped_total`).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::metrics::Metrics;
+
+/// One request's access log record.
+#[derive(Debug, Serialize)]
+pub struct Record {
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    pub client: SocketAddr,
+    pub listener: Arc<str>,
+    pub rule: Option<Box<str>>,
+    pub target_group: Option<Arc<str>>,
+    pub target: Option<SocketAddr>,
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub request_processing_time: f64,
+    pub target_processing_time: Option<f64>,
+    pub response_processing_time: f64,
+    pub bytes_in: u64,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub error: Option<&'static str>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+/// Seconds as f64 for log fields.
+pub fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// The sending side, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AccessLog {
+    tx: SyncSender<Record>,
+    metrics: Arc<Metrics>,
+}
+
+/// Records buffered before new ones are dropped.
+const CAPACITY: usize = 16 * 1024;
+
+impl AccessLog {
+    /// Starts the writer thread writing to `out` (stdout in production).
+    pub fn start(metrics: Arc<Metrics>, out: Box<dyn Write + Send>) -> AccessLog {
+        let (tx, rx) = sync_channel(CAPACITY);
+        std::thread::Builder::new()
+            .name("pilotfish-access-log".into())
+            .spawn(move || writer(rx, out))
+            .expect("spawn access log thread");
+        AccessLog { tx, metrics }
+    }
+
+    /// Queues a record without blocking.
+    pub fn log(&self, r: Record) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(r) {
+            self.metrics.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn writer(rx: Receiver<Record>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(r) = next {
+            if serde_json::to_writer(&mut out, &r).is_ok() {
+                let _ = out.write_all(b"\n");
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}

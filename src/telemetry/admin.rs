@@ -1,0 +1,115 @@
+//! The admin API on `server.admin_bind`: `/healthz`, `/readyz`, `/metrics`, `/config`,
+//! `/targets`, `POST /reload`. Served on the control thread, never on the data plane.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use super::metrics::esc;
+use crate::balance::TargetState;
+use crate::control::Control;
+
+/// Serves the admin API on `listener` until the runtime stops.
+pub async fn serve(listener: TcpListener, control: Arc<Control>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let control = control.clone();
+                async move { Ok::<_, Infallible>(route(&control, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
+    r
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(status, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
+}
+
+async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let state = &control.state;
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.is_ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else if state.is_draining() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "starting\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let snap = state.load();
+            let text = state.metrics.render(|out| {
+                out.push_str("# HELP pilotfish_targets Targets by group and state.\n# TYPE pilotfish_targets gauge\n");
+                for g in &snap.target_groups {
+                    let set = g.targets();
+                    for s in [TargetState::Initial, TargetState::Healthy, TargetState::Unhealthy, TargetState::Draining, TargetState::Unused] {
+                        let n = set.targets().iter().filter(|t| t.state() == s).count();
+                        let _ = writeln!(out, "pilotfish_targets{{target_group=\"{}\",state=\"{}\"}} {n}", esc(&g.name), s.as_str());
+                    }
+                }
+            });
+            reply(StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
+        (&Method::GET, "/config") => json_reply(StatusCode::OK, state.load().json.clone()),
+        (&Method::GET, "/targets") => {
+            let snap = state.load();
+            let groups: Vec<_> = snap
+                .target_groups
+                .iter()
+                .map(|g| {
+                    let set = g.targets();
+                    json!({
+                        "name": &*g.name,
+                        "targets": set.targets().iter().map(|t| json!({
+                            "address": t.addr.to_string(),
+                            "state": t.state().as_str(),
+                            "in_flight": t.in_flight(),
+                            "weight": t.weight,
+                            "source": "static",
+                            "idle_connections": t.pool.idle_len(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json_reply(StatusCode::OK, json!({ "generation": snap.generation, "target_groups": groups }))
+        }
+        (&Method::POST, "/reload") => {
+            let out = control.reload();
+            let status = if out.ok() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+            json_reply(
+                status,
+                json!({
+                    "result": if out.ok() { "success" } else { "failure" },
+                    "generation": out.generation,
+                    "errors": out.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                    "warnings": out.warnings.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/targets" | "/reload") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz /readyz /metrics /config /targets, POST /reload\n"),
+    }
+}

@@ -1,0 +1,197 @@
+//! Process metrics: plain atomics owned by the data plane, registered once per label set by the
+//! control plane (when a snapshot is compiled) and rendered as Prometheus text on scrape.
+//!
+//! Written by hand rather than with `prometheus-client` on purpose: its histogram takes a lock per
+//! observation and its families hash the label set per increment; here the request path holds an
+//! `Arc` to its counters (resolved at compile time) and only does relaxed atomic adds.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+/// Histogram bucket upper bounds in seconds (ALB-ish latency range).
+pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A lock-free latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    #[inline]
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Number of observations.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cum = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.buckets) {
+            cum += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Response counts by status code for one (listener, target group) pair.
+#[derive(Debug)]
+pub struct CodeCounters {
+    codes: Box<[AtomicU64]>,
+}
+
+impl Default for CodeCounters {
+    fn default() -> Self {
+        CodeCounters { codes: (0..600).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl CodeCounters {
+    /// Counts one response with `status`.
+    #[inline]
+    pub fn inc(&self, status: u16) {
+        if let Some(c) = self.codes.get(status as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Responses counted with `status`.
+    pub fn get(&self, status: u16) -> u64 {
+        self.codes.get(status as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Sum over all codes.
+    pub fn total(&self) -> u64 {
+        self.codes.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Connection counters of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    pub active_connections: AtomicI64,
+    pub connections_total: AtomicU64,
+    pub request_duration: Histogram,
+}
+
+/// Every metric of the process, shared by the data and control planes.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    listeners: DashMap<Arc<str>, Arc<ListenerStats>>,
+    requests: DashMap<(Arc<str>, Arc<str>), Arc<CodeCounters>>,
+    target_response: DashMap<Arc<str>, Arc<Histogram>>,
+    pub reloads_success: AtomicU64,
+    pub reloads_failure: AtomicU64,
+    pub generation: AtomicU64,
+    pub access_log_dropped: AtomicU64,
+}
+
+impl Metrics {
+    /// The stats of listener `name` (created on first use; kept across reloads).
+    pub fn listener(&self, name: &Arc<str>) -> Arc<ListenerStats> {
+        self.listeners.entry(name.clone()).or_default().clone()
+    }
+
+    /// Response counters for `listener` × `target_group` ("" when no group answered).
+    pub fn requests(&self, listener: &Arc<str>, target_group: &Arc<str>) -> Arc<CodeCounters> {
+        self.requests.entry((listener.clone(), target_group.clone())).or_default().clone()
+    }
+
+    /// Target response-time histogram of `target_group`.
+    pub fn target_response(&self, target_group: &Arc<str>) -> Arc<Histogram> {
+        self.target_response.entry(target_group.clone()).or_default().clone()
+    }
+
+    /// Renders everything in the Prometheus text format (0.0.4).
+    pub fn render(&self, extra: impl FnOnce(&mut String)) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP pilotfish_requests_total Responses sent to clients.\n# TYPE pilotfish_requests_total counter\n");
+        let mut rows: Vec<_> = self.requests.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((l, tg), c) in &rows {
+            for code in 100..600u16 {
+                let n = c.get(code);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "pilotfish_requests_total{{listener=\"{}\",target_group=\"{}\",code=\"{code}\"}} {n}",
+                        esc(l),
+                        esc(tg)
+                    );
+                }
+            }
+        }
+        let mut ls: Vec<_> = self.listeners.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        ls.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP pilotfish_request_duration_seconds Time from request head to response head.\n# TYPE pilotfish_request_duration_seconds histogram\n");
+        for (l, s) in &ls {
+            s.request_duration.render(&mut out, "pilotfish_request_duration_seconds", &format!("listener=\"{}\"", esc(l)));
+        }
+        out.push_str("# HELP pilotfish_active_connections Open client connections.\n# TYPE pilotfish_active_connections gauge\n");
+        for (l, s) in &ls {
+            let _ = writeln!(out, "pilotfish_active_connections{{listener=\"{}\"}} {}", esc(l), s.active_connections.load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP pilotfish_connections_total Client connections accepted.\n# TYPE pilotfish_connections_total counter\n");
+        for (l, s) in &ls {
+            let _ = writeln!(out, "pilotfish_connections_total{{listener=\"{}\"}} {}", esc(l), s.connections_total.load(Ordering::Relaxed));
+        }
+        out.push_str("# HELP pilotfish_target_response_seconds Time from forwarding to the target's response head.\n# TYPE pilotfish_target_response_seconds histogram\n");
+        let mut tr: Vec<_> = self.target_response.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        tr.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tg, h) in &tr {
+            h.render(&mut out, "pilotfish_target_response_seconds", &format!("target_group=\"{}\"", esc(tg)));
+        }
+        out.push_str("# HELP pilotfish_config_reloads_total Configuration reloads by result.\n# TYPE pilotfish_config_reloads_total counter\n");
+        let _ = writeln!(out, "pilotfish_config_reloads_total{{result=\"success\"}} {}", self.reloads_success.load(Ordering::Relaxed));
+        let _ = writeln!(out, "pilotfish_config_reloads_total{{result=\"failure\"}} {}", self.reloads_failure.load(Ordering::Relaxed));
+        out.push_str("# HELP pilotfish_config_generation Generation of the active configuration.\n# TYPE pilotfish_config_generation gauge\n");
+        let _ = writeln!(out, "pilotfish_config_generation {}", self.generation.load(Ordering::Relaxed));
+        out.push_str("# HELP pilotfish_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE pilotfish_access_log_dropped_total counter\n");
+        let _ = writeln!(out, "pilotfish_access_log_dropped_total {}", self.access_log_dropped.load(Ordering::Relaxed));
+        extra(&mut out);
+        out
+    }
+}
+
+/// Escapes a Prometheus label value.
+pub fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        let l: Arc<str> = "web".into();
+        m.requests(&l, &"api".into()).inc(200);
+        m.requests(&l, &"api".into()).inc(200);
+        m.listener(&l).request_duration.observe(Duration::from_millis(3));
+        let text = m.render(|_| {});
+        assert!(text.contains("pilotfish_requests_total{listener=\"web\",target_group=\"api\",code=\"200\"} 2"));
+        assert!(text.contains("pilotfish_request_duration_seconds_bucket{listener=\"web\",le=\"0.005\"} 1"));
+        assert!(text.contains("pilotfish_request_duration_seconds_count{listener=\"web\"} 1"));
+    }
+}
