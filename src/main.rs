@@ -41,6 +41,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -139,7 +140,7 @@ fn healthcheck(url: &str) -> ExitCode {
         Ok(rt) => rt,
         Err(_) => return ExitCode::from(1),
     };
-    match rt.block_on(tokio::time::timeout(Duration::from_secs(3), get_status(url))) {
+    match rt.block_on(async { tokio::time::timeout(Duration::from_secs(3), get_status(url)).await }) {
         Ok(Ok(s)) if (200..300).contains(&s) => ExitCode::SUCCESS,
         Ok(Ok(s)) => {
             eprintln!("{url}: HTTP {s}");

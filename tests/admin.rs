@@ -1,0 +1,151 @@
+//! The admin API, the access log and the reload entry point, through real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn config(be: &Backend, rule_body: &str, extra_listener: bool) -> String {
+    let extra = if extra_listener { "[[listeners]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\n" } else { "" };
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_action = {{ forward = "g" }}
+
+{extra}
+[[rules]]
+name = "fixed"
+listeners = ["web"]
+priority = 1
+path = ["/fixed"]
+fixed_response = {{ status = 200, body = "{rule_body}" }}
+
+[[target_groups]]
+name = "g"
+targets = ["{}"]
+"#,
+        be.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_with_documented_shapes() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(&be, "one", false));
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &lb.url("web", "/x")).await.status.as_u16(), 200);
+    }
+    let h = get(&c, &lb.admin("/healthz")).await;
+    assert_eq!(h.status.as_u16(), 200);
+    assert_eq!(get(&c, &lb.admin("/readyz")).await.status.as_u16(), 200);
+
+    let m = get(&c, &lb.admin("/metrics")).await.body;
+    for want in [
+        "pilotfish_requests_total{listener=\"web\",target_group=\"g\",code=\"200\"} 3",
+        "pilotfish_request_duration_seconds_count{listener=\"web\"} 3",
+        "pilotfish_target_response_seconds_count{target_group=\"g\"} 3",
+        "pilotfish_connections_total{listener=\"web\"} 1",
+        "pilotfish_active_connections{listener=\"web\"}",
+        "pilotfish_targets{target_group=\"g\",state=\"healthy\"} 1",
+        "pilotfish_config_generation 1",
+    ] {
+        assert!(m.contains(want), "missing {want:?} in\n{m}");
+    }
+
+    let t: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/targets")).await.body).unwrap();
+    let target = &t["target_groups"][0]["targets"][0];
+    assert_eq!(t["target_groups"][0]["name"], "g");
+    assert_eq!(target["address"], be.addr.to_string());
+    assert_eq!(target["state"], "healthy");
+    assert_eq!(target["in_flight"], 0);
+
+    let cfg: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/config")).await.body).unwrap();
+    assert_eq!(cfg["generation"], 1);
+    assert_eq!(cfg["listeners"][0]["name"], "web");
+    assert_eq!(cfg["target_groups"][0]["targets"][0], be.addr.to_string());
+
+    assert_eq!(get(&c, &lb.admin("/nope")).await.status.as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_are_json_with_the_documented_fields() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(&be, "one", false));
+    let r = get_with(&client(), &lb.url("web", "/x?y=1"), &[("user-agent", "tester/1"), ("host", "shop.example")]).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert!(eventually(Duration::from_secs(5), || !lb.log.lines().is_empty()).await);
+    let line = &lb.log.lines()[0];
+    for key in [
+        "time",
+        "client",
+        "listener",
+        "rule",
+        "target_group",
+        "target",
+        "method",
+        "host",
+        "path",
+        "status",
+        "request_processing_time",
+        "target_processing_time",
+        "response_processing_time",
+        "bytes_in",
+        "user_agent",
+        "request_id",
+        "error",
+    ] {
+        assert!(line.get(key).is_some(), "missing {key} in {line}");
+    }
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["host"], "shop.example");
+    assert_eq!(line["path"], "/x?y=1");
+    assert_eq!(line["target_group"], "g");
+    assert_eq!(line["target"], be.addr.to_string());
+    assert_eq!(line["user_agent"], "tester/1");
+    let id = line["request_id"].as_str().unwrap();
+    assert_eq!(be.last().headers.get("x-request-id").unwrap().to_str().unwrap(), id, "logged id is the forwarded one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(&be, "one", false));
+    let c = client();
+    let control = lb.server.control().clone();
+    assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "one");
+    let web_addr = lb.addr("web");
+    let target_before = get(&c, &lb.admin("/targets")).await.body;
+
+    // A good reload: new rule body, a listener added; "web" keeps its socket.
+    let out = control.reload_text("test.toml", &config(&be, "two", true));
+    assert!(out.ok(), "{:?}", out.errors);
+    assert_eq!(out.generation, 2);
+    assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "two");
+    assert_eq!(lb.addr("web"), web_addr);
+    let extra = lb.addr("extra");
+    assert_eq!(get(&c, &format!("http://{extra}/fixed")).await.status.as_u16(), 404, "new listener serves its default");
+    assert_eq!(get(&c, &lb.admin("/targets")).await.body.replace("\"generation\": 2", "\"generation\": 1"), target_before);
+
+    // A bad reload changes nothing and says why, with line:col.
+    let out = control.reload_text("test.toml", &config(&be, "three", false).replace("priority = 1", "priority = 0"));
+    assert!(!out.ok());
+    assert!(out.errors[0].to_string().starts_with("test.toml:"), "{}", out.errors[0]);
+    assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "two");
+    assert_eq!(lb.server.listener_addr("extra"), Some(extra));
+
+    // Removing the listener closes it.
+    let out = control.reload_text("test.toml", &config(&be, "four", false));
+    assert!(out.ok());
+    assert!(lb.server.listener_addr("extra").is_none());
+    assert!(eventually(Duration::from_secs(5), || std::net::TcpStream::connect(extra).is_err()).await, "removed listener stops accepting");
+
+    let m = get(&c, &lb.admin("/metrics")).await.body;
+    assert!(m.contains("pilotfish_config_reloads_total{result=\"success\"} 2"), "{m}");
+    assert!(m.contains("pilotfish_config_reloads_total{result=\"failure\"} 1"), "{m}");
+    assert!(m.contains("pilotfish_config_generation 3"), "{m}");
+}

@@ -1,0 +1,156 @@
+//! The `pilotfish` binary as users run it: `check`, `run` (serving, then SIGTERM), `healthcheck`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
+
+fn check(path: &std::path::Path) -> (i32, String, String) {
+    let out = Command::new(BIN).args(["check", "--config"]).arg(path).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pilotfish-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("pilotfish.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_the_example_and_reports_every_error_with_line_and_column() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let (code, out, err) = check(&example);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK") && out.contains("listener \"http\""), "{out}");
+
+    let bad = temp_file(
+        "bad",
+        r#"[server]
+admin_bind = "localhost"
+
+[[listeners]]
+name = "web"
+bind = "0.0.0.0:80"
+
+[[listeners]]
+name = "web"
+bind = "0.0.0.0:81"
+
+[[rules]]
+name = "r"
+listeners = ["web"]
+priority = 1
+method = ["get"]
+forward = [{ target_group = "a", weight = 1000 }]
+
+[[target_groups]]
+name = "a"
+targets = ["127.0.0.1:80", "127.0.0.1:80"]
+"#,
+    );
+    let (code, _, err) = check(&bad);
+    assert_eq!(code, 2, "{err}");
+    let f = bad.display().to_string();
+    for want in [
+        format!("{f}:2:14: bad admin_bind address"),
+        format!("{f}:9:8: duplicate listener name \"web\""),
+        format!("{f}:16:10: bad method \"get\""),
+        format!("{f}:17:11: rule \"r\": forward weight must be 0..=999"),
+        format!("{f}:21:28: duplicate target 127.0.0.1:80"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in\n{err}");
+    }
+
+    let (code, _, err) = check(std::path::Path::new("/nonexistent/pilotfish.toml"));
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read the configuration file"), "{err}");
+}
+
+struct Proc {
+    child: Child,
+    web: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `pilotfish run` and reads the bound addresses from its log.
+fn spawn_run(config: &std::path::Path) -> Proc {
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut web, mut admin) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.parse::<SocketAddr>().unwrap());
+        if line.contains("listening") {
+            web = field("local=");
+        }
+        if line.contains("pilotfish is serving") {
+            admin = field("admin=");
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, web: web.expect("listener address in log"), admin: admin.expect("admin address in log") }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let be = Backend::start("be").await;
+    let cfg = temp_file(
+        "run",
+        &format!(
+            "[server]\nadmin_bind = \"127.0.0.1:0\"\nshutdown_drain = \"10s\"\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ndefault_action = {{ forward = \"g\" }}\n[[target_groups]]\nname = \"g\"\ntargets = [\"{}\"]\n",
+            be.addr
+        ),
+    );
+    let mut p = spawn_run(&cfg);
+    let c = client();
+    let r = get(&c, &format!("http://{}/hello", p.web)).await;
+    assert_eq!((r.status.as_u16(), r.backend()), (200, "be"));
+
+    let hc = Command::new(BIN).arg("healthcheck").arg(format!("http://{}/readyz", p.admin)).status().unwrap();
+    assert!(hc.success());
+    let hc = Command::new(BIN).arg("healthcheck").arg(format!("http://{}/nope", p.admin)).status().unwrap();
+    assert!(!hc.success(), "healthcheck fails on a 404");
+
+    let slow = {
+        let (c, url) = (c.clone(), format!("http://{}/slow", p.web));
+        tokio::spawn(async move { get_with(&c, &url, &[("x-delay-ms", "1000")]).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || be.requests() == 2).await);
+    let kill = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let r = slow.await.unwrap();
+    assert_eq!(r.status.as_u16(), 200, "the in-flight request finished");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "pilotfish did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,228 @@
+//! Test harness: real backends on 127.0.0.1:0 that report what they received, pilotfish started
+//! in-process on 127.0.0.1:0 listeners, and real HTTP clients. Everything stops on drop.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use pilotfish::server::{ConfigSource, Options, Server};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// One request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP server (HTTP/1.1 and h2c) that answers with its name and records requests.
+/// `x-delay-ms: N` makes it wait N ms before answering; `x-status: N` sets the status.
+pub struct Backend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (connections.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let delay = parts.headers.get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+                            let status = parts.headers.get("x-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(200);
+                            s.lock().unwrap().push(Seen {
+                                method: parts.method.to_string(),
+                                uri: parts.uri.to_string(),
+                                version: parts.version,
+                                headers: parts.headers.clone(),
+                                body: body.clone(),
+                            });
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            let mut r = Response::new(Full::new(Bytes::from(name)));
+                            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                            r.headers_mut().insert("x-backend", name.parse().unwrap());
+                            r.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
+                            r.headers_mut().insert("x-hop", "must-not-reach-client".parse().unwrap());
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        Backend { name, addr, connections, seen, task }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("backend saw a request")
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address nothing listens on (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A cloneable in-memory sink for access log lines.
+#[derive(Clone, Default)]
+pub struct LogSink(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogSink {
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).expect("access log line is JSON")).collect()
+    }
+}
+
+/// pilotfish running in-process.
+pub struct Lb {
+    pub server: Server,
+    pub log: LogSink,
+}
+
+impl Lb {
+    /// Starts pilotfish with `config` (listeners should bind 127.0.0.1:0; the admin API is put
+    /// on 127.0.0.1:0 unless the config sets `[server]`).
+    pub fn start(config: &str) -> Lb {
+        let text = if config.contains("[server]") { config.to_string() } else { format!("[server]\nadmin_bind = \"127.0.0.1:0\"\n{config}") };
+        let log = LogSink::default();
+        let server = Server::start(Options {
+            config: ConfigSource::Text { name: "test.toml".into(), text },
+            access_log: Some(Box::new(log.clone())),
+            signals: false,
+        })
+        .unwrap_or_else(|e| panic!("pilotfish failed to start:\n{e}"));
+        Lb { server, log }
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{}", self.server.listener_addr(listener).expect("listener bound"), path)
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.server.listener_addr(listener).expect("listener bound")
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{}", self.server.admin_addr(), path)
+    }
+}
+
+/// A response read in full.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub version: Version,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn backend(&self) -> &str {
+        self.header("x-backend").unwrap_or("")
+    }
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// An HTTP/1.1 keep-alive client.
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// Sends a request built by `f` and reads the whole response.
+pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Got {
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req)).await.expect("response within 20s").expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Got { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned(), version: parts.version }
+}
+
+pub async fn get(c: &HttpClient, url: &str) -> Got {
+    send(c, Request::get(url).body(Full::default()).unwrap()).await
+}
+
+pub async fn get_with(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Got {
+    let mut b = Request::get(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(c, b.body(Full::default()).unwrap()).await
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
