@@ -68,9 +68,14 @@ impl Server {
             ConfigSource::Text { name, text } => (name, text, None),
         };
         let metrics = Arc::new(Metrics::default());
-        let (snap, warnings) =
-            config::compile(CompileInput { name: &name, text: &text, previous: None, metrics: &metrics, generation: 1 })
-                .map_err(StartError::Config)?;
+        let (snap, warnings) = config::compile(CompileInput {
+            name: &name,
+            text: &text,
+            previous: None,
+            metrics: &metrics,
+            generation: 1,
+        })
+        .map_err(StartError::Config)?;
         for w in warnings.warnings() {
             tracing::warn!("{w}");
         }
@@ -92,7 +97,8 @@ impl Server {
         let control = Arc::new(Control::new(state.clone(), path, runtime.handle().clone()));
         control.start_listeners().map_err(StartError::Bind)?;
 
-        let admin = std::net::TcpListener::bind(admin_bind).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
+        let admin =
+            std::net::TcpListener::bind(admin_bind).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
         admin.set_nonblocking(true).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
         let admin_addr = admin.local_addr().unwrap_or(admin_bind);
 
@@ -149,7 +155,10 @@ impl Server {
         let deadline = Instant::now() + budget;
         let in_flight = || -> u64 {
             let snap = state.load();
-            snap.target_groups.iter().map(|g| g.targets().targets().iter().map(|t| u64::from(t.in_flight())).sum::<u64>()).sum()
+            snap.target_groups
+                .iter()
+                .map(|g| g.targets().targets().iter().map(|t| u64::from(t.in_flight())).sum::<u64>())
+                .sum()
         };
         while in_flight() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -75,7 +75,8 @@ async fn admin_endpoints_answer_with_documented_shapes() {
 async fn access_log_lines_are_json_with_the_documented_fields() {
     let be = Backend::start("be").await;
     let lb = Lb::start(&config(&be, "one", false));
-    let r = get_with(&client(), &lb.url("web", "/x?y=1"), &[("user-agent", "tester/1"), ("host", "shop.example")]).await;
+    let r =
+        get_with(&client(), &lb.url("web", "/x?y=1"), &[("user-agent", "tester/1"), ("host", "shop.example")]).await;
     assert_eq!(r.status.as_u16(), 200);
     assert!(eventually(Duration::from_secs(5), || !lb.log.lines().is_empty()).await);
     let line = &lb.log.lines()[0];
@@ -129,7 +130,10 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
     assert_eq!(lb.addr("web"), web_addr);
     let extra = lb.addr("extra");
     assert_eq!(get(&c, &format!("http://{extra}/fixed")).await.status.as_u16(), 404, "new listener serves its default");
-    assert_eq!(get(&c, &lb.admin("/targets")).await.body.replace("\"generation\": 2", "\"generation\": 1"), target_before);
+    assert_eq!(
+        get(&c, &lb.admin("/targets")).await.body.replace("\"generation\": 2", "\"generation\": 1"),
+        target_before
+    );
 
     // A bad reload changes nothing and says why, with line:col.
     let out = control.reload_text("test.toml", &config(&be, "three", false).replace("priority = 1", "priority = 0"));
@@ -142,7 +146,10 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
     let out = control.reload_text("test.toml", &config(&be, "four", false));
     assert!(out.ok());
     assert!(lb.server.listener_addr("extra").is_none());
-    assert!(eventually(Duration::from_secs(5), || std::net::TcpStream::connect(extra).is_err()).await, "removed listener stops accepting");
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(extra).is_err()).await,
+        "removed listener stops accepting"
+    );
 
     let m = get(&c, &lb.admin("/metrics")).await.body;
     assert!(m.contains("pilotfish_config_reloads_total{result=\"success\"} 2"), "{m}");

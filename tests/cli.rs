@@ -13,7 +13,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
 
 fn check(path: &std::path::Path) -> (i32, String, String) {
     let out = Command::new(BIN).args(["check", "--config"]).arg(path).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -102,7 +106,8 @@ fn spawn_run(config: &std::path::Path) -> Proc {
     let deadline = Instant::now() + Duration::from_secs(20);
     while admin.is_none() && Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.parse::<SocketAddr>().unwrap());
+        let field =
+            |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.parse::<SocketAddr>().unwrap());
         if line.contains("listening") {
             web = field("local=");
         }

@@ -45,11 +45,11 @@ async fn malformed_requests_get_400_and_never_reach_a_target() {
     let lb = Lb::start(&config(&be, ""));
     let addr = lb.addr("web");
     let cases: [&[u8]; 5] = [
-        b"GET / HTTP/1.1\r\n\r\n",                                                 // no Host
-        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",                            // duplicate Host
-        b"GET http://evil.example/ HTTP/1.1\r\nHost: good.example\r\n\r\n",         // absolute-form disagrees
-        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",                     // space in a field name
-        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",                                     // invalid Host
+        b"GET / HTTP/1.1\r\n\r\n",                                          // no Host
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",                    // duplicate Host
+        b"GET http://evil.example/ HTTP/1.1\r\nHost: good.example\r\n\r\n", // absolute-form disagrees
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",              // space in a field name
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",                             // invalid Host
     ];
     for case in cases {
         let resp = raw(addr, case).await;
@@ -70,7 +70,10 @@ async fn oversized_head_gets_431() {
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
     assert_eq!(be.requests(), 0);
     let metrics = get(&client(), &lb.admin("/metrics")).await.body;
-    assert!(metrics.contains("pilotfish_requests_total{listener=\"web\",target_group=\"\",code=\"431\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("pilotfish_requests_total{listener=\"web\",target_group=\"\",code=\"431\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +111,8 @@ async fn idle_connections_are_closed_after_idle_timeout() {
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let started = Instant::now();
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed within 10s").unwrap_or(0);
+    let n =
+        tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed within 10s").unwrap_or(0);
     assert_eq!(n, 0, "server closes the idle connection");
     assert!(started.elapsed() >= Duration::from_millis(300), "closed too early: {:?}", started.elapsed());
 }
@@ -129,6 +133,9 @@ async fn max_connections_pauses_accepting() {
     assert!(waited.is_err(), "second connection must wait while the first is open");
     // ...until the first one closes.
     drop(first);
-    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf)).await.expect("served after the first closed").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("served after the first closed")
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }

@@ -155,9 +155,12 @@ async fn every_condition_kind_priority_and_default() {
     assert_eq!(get(&c, &format!("{base}/s")).await.status.as_u16(), 418);
 
     // combination (AND across kinds) with the lowest priority number winning over "path".
-    let post = |path: &str, host: &str| http::Request::post(format!("{base}{path}")).header("host", host).body(Default::default()).unwrap();
+    let post = |path: &str, host: &str| {
+        http::Request::post(format!("{base}{path}")).header("host", host).body(Default::default()).unwrap()
+    };
     assert_eq!(send(&c, post("/c/1", "combo.test")).await.backend(), "combo");
-    let get_combo = http::Request::get(format!("{base}/c/1")).header("host", "combo.test").body(Default::default()).unwrap();
+    let get_combo =
+        http::Request::get(format!("{base}/c/1")).header("host", "combo.test").body(Default::default()).unwrap();
     assert_eq!(send(&c, get_combo).await.status.as_u16(), 418, "method condition must also hold");
     assert_eq!(send(&c, post("/c/1", "other.test")).await.status.as_u16(), 418);
 

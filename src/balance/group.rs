@@ -100,7 +100,12 @@ pub struct TargetGroup {
 impl TargetGroup {
     /// A group with `specs` as its targets, reusing targets of `prev` (the same group in the previous
     /// snapshot) so their state carries over.
-    pub fn new(name: Arc<str>, settings: GroupSettings, specs: &[TargetSpec], prev: Option<&TargetGroup>) -> TargetGroup {
+    pub fn new(
+        name: Arc<str>,
+        settings: GroupSettings,
+        specs: &[TargetSpec],
+        prev: Option<&TargetGroup>,
+    ) -> TargetGroup {
         let prev_set = prev.map(|g| g.set.load_full());
         let set = TargetSet::build(specs, prev_set.as_deref(), TargetState::Healthy);
         TargetGroup { name, settings, set: ArcSwap::from_pointee(set), cursor: AtomicUsize::new(0) }
@@ -143,9 +148,8 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn set_of(n: u16) -> TargetSet {
-        let specs: Vec<_> = (0..n)
-            .map(|i| TargetSpec { addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)), weight: 1 })
-            .collect();
+        let specs: Vec<_> =
+            (0..n).map(|i| TargetSpec { addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)), weight: 1 }).collect();
         TargetSet::build(&specs, None, TargetState::Healthy)
     }
 
@@ -163,10 +167,10 @@ pub(crate) mod tests {
     fn update_keeps_identity_and_skips_no_op() {
         let a = TargetSpec { addr: "127.0.0.1:1".parse().unwrap(), weight: 1 };
         let b = TargetSpec { addr: "127.0.0.1:2".parse().unwrap(), weight: 1 };
-        let g = TargetGroup::new("g".into(), settings(), &[a.clone()], None);
+        let g = TargetGroup::new("g".into(), settings(), std::slice::from_ref(&a), None);
         let before = g.targets().targets()[0].clone();
         let _req = before.start_request();
-        assert!(!g.update(&[a.clone()]));
+        assert!(!g.update(std::slice::from_ref(&a)));
         assert!(g.update(&[a.clone(), b]));
         let after = g.targets().targets()[0].clone();
         assert!(Arc::ptr_eq(&before, &after));

@@ -13,7 +13,12 @@ pub struct LeastOutstanding;
 
 impl Selector for LeastOutstanding {
     #[inline]
-    fn pick<'a>(&self, set: &'a TargetSet, _cursor: &AtomicUsize, eligible: &dyn Fn(&Target) -> bool) -> Option<&'a Arc<Target>> {
+    fn pick<'a>(
+        &self,
+        set: &'a TargetSet,
+        _cursor: &AtomicUsize,
+        eligible: &dyn Fn(&Target) -> bool,
+    ) -> Option<&'a Arc<Target>> {
         let mut best: Option<&Arc<Target>> = None;
         let mut best_load = u32::MAX;
         let mut ties = 0u32;

@@ -18,7 +18,12 @@ use crate::config::file::Algorithm;
 /// A picking algorithm over an immutable target set.
 pub trait Selector {
     /// Picks a target for which `eligible` holds, or None.
-    fn pick<'a>(&self, set: &'a TargetSet, cursor: &AtomicUsize, eligible: &dyn Fn(&Target) -> bool) -> Option<&'a Arc<Target>>;
+    fn pick<'a>(
+        &self,
+        set: &'a TargetSet,
+        cursor: &AtomicUsize,
+        eligible: &dyn Fn(&Target) -> bool,
+    ) -> Option<&'a Arc<Target>>;
 }
 
 /// Picks with the named algorithm (static dispatch over the three).

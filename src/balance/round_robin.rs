@@ -11,7 +11,12 @@ pub struct RoundRobin;
 
 impl Selector for RoundRobin {
     #[inline]
-    fn pick<'a>(&self, set: &'a TargetSet, cursor: &AtomicUsize, eligible: &dyn Fn(&Target) -> bool) -> Option<&'a Arc<Target>> {
+    fn pick<'a>(
+        &self,
+        set: &'a TargetSet,
+        cursor: &AtomicUsize,
+        eligible: &dyn Fn(&Target) -> bool,
+    ) -> Option<&'a Arc<Target>> {
         let targets = set.targets();
         let n = targets.len();
         if n == 0 {

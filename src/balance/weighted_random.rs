@@ -13,7 +13,12 @@ pub struct WeightedRandom;
 
 impl Selector for WeightedRandom {
     #[inline]
-    fn pick<'a>(&self, set: &'a TargetSet, _cursor: &AtomicUsize, eligible: &dyn Fn(&Target) -> bool) -> Option<&'a Arc<Target>> {
+    fn pick<'a>(
+        &self,
+        set: &'a TargetSet,
+        _cursor: &AtomicUsize,
+        eligible: &dyn Fn(&Target) -> bool,
+    ) -> Option<&'a Arc<Target>> {
         let targets = set.targets();
         let cumulative = set.cumulative_weights();
         let total = *cumulative.last()?;
@@ -56,9 +61,8 @@ mod tests {
             .collect();
         let set = TargetSet::build(&specs, None, TargetState::Healthy);
         let cursor = AtomicUsize::new(0);
-        let heavy = (0..4000)
-            .filter(|_| WeightedRandom.pick(&set, &cursor, &|_| true).unwrap().addr.port() == 2)
-            .count();
+        let heavy =
+            (0..4000).filter(|_| WeightedRandom.pick(&set, &cursor, &|_| true).unwrap().addr.port() == 2).count();
         assert!((2700..3300).contains(&heavy), "expected ~3000 of 4000, got {heavy}");
         let only = WeightedRandom.pick(&set, &cursor, &|t| t.addr.port() == 1).unwrap();
         assert_eq!(only.addr.port(), 1);

@@ -119,7 +119,9 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                         cx.err(t.span(), format!("duplicate target {a} in target group {name:?}"));
                     }
                 }
-                Err(_) => cx.err(t.span(), format!("bad target address {addr:?}: expected IP:PORT (e.g. \"10.0.1.5:8080\")")),
+                Err(_) => {
+                    cx.err(t.span(), format!("bad target address {addr:?}: expected IP:PORT (e.g. \"10.0.1.5:8080\")"))
+                }
             }
             if weight.is_some_and(|w| w > MAX_WEIGHT) {
                 cx.err(t.span(), format!("target weight must be 0..={MAX_WEIGHT}"));
@@ -172,7 +174,10 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                     cx.err(l.bind.span(), format!("listener {name:?} binds {a}, already bound by listener {other:?}"));
                 }
             }
-            Err(_) => cx.err(l.bind.span(), format!("bad bind address {:?}: expected IP:PORT (e.g. \"0.0.0.0:80\")", l.bind.get_ref())),
+            Err(_) => cx.err(
+                l.bind.span(),
+                format!("bad bind address {:?}: expected IP:PORT (e.g. \"0.0.0.0:80\")", l.bind.get_ref()),
+            ),
         }
         if *l.protocol.get_ref() == ListenerProtocol::Https {
             not_yet(cx, l.protocol.span(), "protocol = \"https\"", "TLS termination");
@@ -190,7 +195,15 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         }
         if let Some(a) = &l.default_action {
             let a = a.get_ref();
-            check_action(cx, &groups, a.forward.as_ref(), a.redirect.as_ref(), a.fixed_response.as_ref(), l.name.span(), "default_action");
+            check_action(
+                cx,
+                &groups,
+                a.forward.as_ref(),
+                a.redirect.as_ref(),
+                a.fixed_response.as_ref(),
+                l.name.span(),
+                "default_action",
+            );
         }
     }
 
@@ -216,21 +229,36 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             if !listeners.contains(l.get_ref().as_str()) {
                 cx.err(l.span(), format!("rule {name:?} names unknown listener {:?}", l.get_ref()));
             } else if let Some(other) = priorities.insert((l.get_ref(), prio), name) {
-                cx.err(r.priority.span(), format!("priority {prio} on listener {:?} is already used by rule {other:?}", l.get_ref()));
+                cx.err(
+                    r.priority.span(),
+                    format!("priority {prio} on listener {:?} is already used by rule {other:?}", l.get_ref()),
+                );
             }
         }
         if let Some(hosts) = &r.host {
             for h in hosts.get_ref() {
-                if h.is_empty() || h.len() > 128 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*?_".contains(&b)) {
-                    cx.err(hosts.span(), format!("bad host pattern {h:?}: letters, digits, '-', '.', '_', '*' and '?' (max 128)"));
+                if h.is_empty()
+                    || h.len() > 128
+                    || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.*?_".contains(&b))
+                {
+                    cx.err(
+                        hosts.span(),
+                        format!("bad host pattern {h:?}: letters, digits, '-', '.', '_', '*' and '?' (max 128)"),
+                    );
                 }
             }
             empty_list(cx, hosts, "host");
         }
         if let Some(paths) = &r.path {
             for p in paths.get_ref() {
-                if !(p.starts_with('/') || p.starts_with('*')) || p.len() > 128 || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                    cx.err(paths.span(), format!("bad path pattern {p:?}: must start with '/' (or '*'), no spaces, max 128"));
+                if !(p.starts_with('/') || p.starts_with('*'))
+                    || p.len() > 128
+                    || p.bytes().any(|b| b.is_ascii_control() || b == b' ')
+                {
+                    cx.err(
+                        paths.span(),
+                        format!("bad path pattern {p:?}: must start with '/' (or '*'), no spaces, max 128"),
+                    );
                 }
             }
             empty_list(cx, paths, "path");
@@ -246,7 +274,10 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         if let Some(ips) = &r.source_ip {
             for ip in ips.get_ref() {
                 if parse_cidr(ip.get_ref()).is_none() {
-                    cx.err(ip.span(), format!("bad CIDR {:?}: expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"", ip.get_ref()));
+                    cx.err(
+                        ip.span(),
+                        format!("bad CIDR {:?}: expected e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"", ip.get_ref()),
+                    );
                 }
             }
             empty_list(cx, ips, "source_ip");
@@ -268,7 +299,15 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                 }
             }
         }
-        check_action(cx, &groups, r.forward.as_ref(), r.redirect.as_ref(), r.fixed_response.as_ref(), r.name.span(), &format!("rule {name:?}"));
+        check_action(
+            cx,
+            &groups,
+            r.forward.as_ref(),
+            r.redirect.as_ref(),
+            r.fixed_response.as_ref(),
+            r.name.span(),
+            &format!("rule {name:?}"),
+        );
     }
     if cfg.listeners.is_empty() {
         cx.warn(0..0, "no [[listeners]]: pilotfish will serve nothing but its admin API");
@@ -283,10 +322,16 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     for tg in &cfg.target_groups {
         let tg = tg.get_ref();
         if !used.contains(tg.name.get_ref()) {
-            cx.warn(tg.name.span(), format!("target group {:?} is not used by any rule or default action", tg.name.get_ref()));
+            cx.warn(
+                tg.name.span(),
+                format!("target group {:?} is not used by any rule or default action", tg.name.get_ref()),
+            );
         }
         if tg.targets.is_empty() {
-            cx.warn(tg.name.span(), format!("target group {:?} has no targets: requests to it get 503", tg.name.get_ref()));
+            cx.warn(
+                tg.name.span(),
+                format!("target group {:?} has no targets: requests to it get 503", tg.name.get_ref()),
+            );
         }
     }
 }
@@ -315,7 +360,10 @@ fn check_action(
 ) {
     let n = forward.is_some() as u8 + redirect.is_some() as u8 + fixed.is_some() as u8;
     if n != 1 {
-        cx.err(owner_span, format!("{owner} needs exactly one action: forward, redirect or fixed_response (found {n})"));
+        cx.err(
+            owner_span,
+            format!("{owner} needs exactly one action: forward, redirect or fixed_response (found {n})"),
+        );
     }
     if let Some(f) = forward {
         match f.get_ref() {
@@ -334,7 +382,10 @@ fn check_action(
                         cx.err(f.span(), format!("{owner} forwards to unknown target group {:?}", a.target_group));
                     }
                     if !seen.insert(&a.target_group) {
-                        cx.err(f.span(), format!("{owner}: target group {:?} appears twice in one forward", a.target_group));
+                        cx.err(
+                            f.span(),
+                            format!("{owner}: target group {:?} appears twice in one forward", a.target_group),
+                        );
                     }
                     if a.weight > MAX_WEIGHT {
                         cx.err(f.span(), format!("{owner}: forward weight must be 0..={MAX_WEIGHT}"));
@@ -421,7 +472,9 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
                 .iter()
                 .map(|t| match t.get_ref() {
                     TargetEntry::Addr(a) => TargetSpec { addr: a.parse().expect("validated"), weight: 100 },
-                    TargetEntry::Weighted { address, weight } => TargetSpec { addr: address.parse().expect("validated"), weight: *weight },
+                    TargetEntry::Weighted { address, weight } => {
+                        TargetSpec { addr: address.parse().expect("validated"), weight: *weight }
+                    }
                 })
                 .collect();
             let prev = input.previous.and_then(|p| p.target_group(&name));
@@ -445,7 +498,14 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
                     name: r.name.get_ref().as_str().into(),
                     priority: *r.priority.get_ref(),
                     conditions: conditions(r),
-                    action: action(metrics, &lname, &groups, r.forward.as_ref(), r.redirect.as_ref(), r.fixed_response.as_ref()),
+                    action: action(
+                        metrics,
+                        &lname,
+                        &groups,
+                        r.forward.as_ref(),
+                        r.redirect.as_ref(),
+                        r.fixed_response.as_ref(),
+                    ),
                 });
             }
             let default = match &l.default_action {
@@ -492,14 +552,24 @@ fn conditions(r: &file::Rule) -> Conditions {
             .map(|h| {
                 h.get_ref()
                     .iter()
-                    .map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).expect("validated"), v.iter().map(|p| Pattern::new(p, false)).collect()))
+                    .map(|(k, v)| {
+                        (
+                            HeaderName::from_bytes(k.as_bytes()).expect("validated"),
+                            v.iter().map(|p| Pattern::new(p, false)).collect(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default(),
         query: r
             .query
             .as_ref()
-            .map(|q| q.get_ref().iter().map(|(k, v)| (k.clone(), v.iter().map(|p| Pattern::new(p, false)).collect())).collect())
+            .map(|q| {
+                q.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.iter().map(|p| Pattern::new(p, false)).collect()))
+                    .collect()
+            })
             .unwrap_or_default(),
     }
 }
@@ -525,7 +595,9 @@ fn action(
         };
         let arms: Vec<ForwardArm> = match f.get_ref() {
             Forward::One(g) => vec![arm(g, 1)],
-            Forward::Weighted(list) => list.iter().filter(|a| a.weight > 0).map(|a| arm(&a.target_group, a.weight)).collect(),
+            Forward::Weighted(list) => {
+                list.iter().filter(|a| a.weight > 0).map(|a| arm(&a.target_group, a.weight)).collect()
+            }
         };
         let total_weight = arms.iter().map(|a| a.weight).sum();
         return Action::Forward(ForwardAction { arms, total_weight });

@@ -22,9 +22,7 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration string such as \"500ms\", \"10s\" or \"1m\"")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Dur, E> {
-                humantime::parse_duration(s)
-                    .map(Dur)
-                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+                humantime::parse_duration(s).map(Dur).map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
             }
         }
         d.deserialize_str(V)

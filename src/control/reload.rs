@@ -14,6 +14,9 @@ use crate::config::{self, CompileInput, ConfigError, Severity, Snapshot};
 use crate::proxy::listener;
 use crate::state::SharedState;
 
+/// A freshly bound listener socket: name, configured address, socket.
+type Bound = (Arc<str>, SocketAddr, std::net::TcpListener);
+
 struct Running {
     bind: SocketAddr,
     local: SocketAddr,
@@ -94,7 +97,13 @@ impl Control {
     pub fn reload_text(&self, name: &str, text: &str) -> ReloadOutcome {
         let prev = self.state.load();
         let generation = self.next_generation.load(Ordering::Relaxed);
-        let compiled = config::compile(CompileInput { name, text, previous: Some(&prev), metrics: &self.state.metrics, generation });
+        let compiled = config::compile(CompileInput {
+            name,
+            text,
+            previous: Some(&prev),
+            metrics: &self.state.metrics,
+            generation,
+        });
         let (snap, warnings) = match compiled {
             Ok(x) => x,
             Err(d) => return self.fail(d.0),
@@ -132,7 +141,7 @@ impl Control {
 
     /// Binds the listeners of `snap` that are not running with the same address. Nothing is
     /// kept if any bind fails.
-    fn bind_new(&self, snap: &Snapshot) -> Result<Vec<(Arc<str>, SocketAddr, std::net::TcpListener)>, Vec<String>> {
+    fn bind_new(&self, snap: &Snapshot) -> Result<Vec<Bound>, Vec<String>> {
         let running = self.listeners.lock().expect("listener table");
         let mut bound = Vec::new();
         let mut errors = Vec::new();
@@ -152,7 +161,7 @@ impl Control {
         }
     }
 
-    fn start(&self, bound: Vec<(Arc<str>, SocketAddr, std::net::TcpListener)>) {
+    fn start(&self, bound: Vec<Bound>) {
         let mut running = self.listeners.lock().expect("listener table");
         for (name, bind, sock) in bound {
             let local = sock.local_addr().unwrap_or(bind);

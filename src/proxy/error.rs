@@ -29,9 +29,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_) | ProxyError::Handshake { .. } | ProxyError::Upstream { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout(_)
+            | ProxyError::Handshake { .. }
+            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
@@ -54,7 +55,10 @@ impl ProxyError {
     pub fn is_target_failure(&self) -> bool {
         matches!(
             self,
-            ProxyError::Connect { .. } | ProxyError::ConnectTimeout(_) | ProxyError::Handshake { .. } | ProxyError::Upstream { .. }
+            ProxyError::Connect { .. }
+                | ProxyError::ConnectTimeout(_)
+                | ProxyError::Handshake { .. }
+                | ProxyError::Upstream { .. }
         )
     }
 

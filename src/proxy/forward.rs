@@ -165,17 +165,24 @@ pub struct ForwardInfo {
 const MAX_STALE: u32 = 3;
 
 /// Sends `req` (head already prepared) to a target of `arm`'s group and returns its response.
-pub async fn forward(arm: &ForwardArm, req: Request<Incoming>, info: &mut ForwardInfo) -> Result<Response<RespBody>, ProxyError> {
+pub async fn forward(
+    arm: &ForwardArm,
+    req: Request<Incoming>,
+    info: &mut ForwardInfo,
+) -> Result<Response<RespBody>, ProxyError> {
     let group = &arm.group;
     let settings = &group.settings;
     let set = group.targets();
     let (parts, body) = req.into_parts();
-    let replay = (settings.retries > 0 && http_body::Body::is_end_stream(&body) && is_idempotent(&parts.method)).then(|| Replay {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-    });
+    let replay =
+        (settings.retries > 0 && http_body::Body::is_end_stream(&body) && is_idempotent(&parts.method)).then(|| {
+            Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+            }
+        });
     let mut pending: Option<Request<UpBody>> = Some(Request::from_parts(parts, Either::Left(body)));
     let mut failed: Option<Arc<Target>> = None;
     let mut last_err = None;
@@ -198,19 +205,17 @@ pub async fn forward(arm: &ForwardArm, req: Request<Incoming>, info: &mut Forwar
         };
         let Some(req) = pending.take().or_else(|| replay.as_ref().map(Replay::request)) else { break };
         let sent_at = Instant::now();
-        let result = match sender {
+        let (result, conn) = match sender {
             Sender::H1(mut tx) => {
-                let r = tokio::time::timeout(settings.response_timeout, tx.try_send_request(req)).await;
-                r.map(|r| r.map(|resp| (resp, Some(tx))))
+                (tokio::time::timeout(settings.response_timeout, tx.try_send_request(req)).await, Some(tx))
             }
             Sender::H2(mut tx) => {
-                let r = tokio::time::timeout(settings.response_timeout, tx.try_send_request(req)).await;
-                r.map(|r| r.map(|resp| (resp, None)))
+                (tokio::time::timeout(settings.response_timeout, tx.try_send_request(req)).await, None)
             }
         };
         match result {
             Err(_elapsed) => return Err(ProxyError::ResponseTimeout(target.addr)),
-            Ok(Ok((resp, conn))) => {
+            Ok(Ok(resp)) => {
                 let took = sent_at.elapsed();
                 info.target_time = Some(took);
                 arm.target_response.observe(took);

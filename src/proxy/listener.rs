@@ -35,7 +35,8 @@ use crate::telemetry::access_log::Record;
 
 /// Binds a listening socket with `SO_REUSEADDR` (restarts do not wait for TIME_WAIT).
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -47,7 +48,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Accepts connections on `listener` until `stop` turns true.
-pub async fn accept_loop(state: Arc<SharedState>, name: Arc<str>, listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    state: Arc<SharedState>,
+    name: Arc<str>,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -282,7 +288,11 @@ impl AsyncWrite for TimedIo {
         r
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
             if n > 0 {

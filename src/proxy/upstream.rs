@@ -118,10 +118,8 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, 
 
 async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<http1::SendRequest<UpBody>, ProxyError> {
     let io = tcp(addr, settings.connect_timeout).await?;
-    let (tx, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|source| ProxyError::Handshake { addr, source })?;
+    let (tx, conn) =
+        http1::Builder::new().handshake(io).await.map_err(|source| ProxyError::Handshake { addr, source })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(target: "pilotfish::upstream", %addr, error = %e, "upstream connection ended");

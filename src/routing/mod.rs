@@ -50,9 +50,7 @@ impl Conditions {
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
             && (self.source_ips.is_empty() || self.source_ips.iter().any(|n| n.contains(&req.source_ip)))
             && self.headers.iter().all(|(name, pats)| {
-                req.headers.get_all(name).iter().any(|v| {
-                    v.to_str().is_ok_and(|v| pats.iter().any(|p| p.matches(v)))
-                })
+                req.headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| pats.iter().any(|p| p.matches(v))))
             })
             && self.query.iter().all(|(key, pats)| query_matches(req.query, key, pats))
     }
@@ -83,15 +81,13 @@ fn decode(s: &str) -> std::borrow::Cow<'_, str> {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -130,11 +126,8 @@ struct Bucket {
 
 impl Bucket {
     fn insert(&mut self, id: u32, paths: &[Pattern]) {
-        let keys: Vec<Option<&str>> = if paths.is_empty() {
-            vec![None]
-        } else {
-            paths.iter().map(segment_key).collect()
-        };
+        let keys: Vec<Option<&str>> =
+            if paths.is_empty() { vec![None] } else { paths.iter().map(segment_key).collect() };
         for key in keys {
             let list = match key {
                 Some(k) => self.by_segment.entry(k.into()).or_default(),
@@ -307,14 +300,8 @@ mod tests {
 
     fn route<'a>(r: &'a Router<String>, host: &str, path_q: &str, headers: &HeaderMap) -> &'a str {
         let (path, query) = path_q.split_once('?').map_or((path_q, None), |(p, q)| (p, Some(q)));
-        let view = RequestView {
-            host,
-            path,
-            query,
-            method: &Method::GET,
-            source_ip: "10.1.2.3".parse().unwrap(),
-            headers,
-        };
+        let view =
+            RequestView { host, path, query, method: &Method::GET, source_ip: "10.1.2.3".parse().unwrap(), headers };
         r.route(&view).action
     }
 
@@ -359,11 +346,15 @@ mod tests {
     #[test]
     fn headers_query_method_and_source_ip() {
         let mut c = Conditions::default();
-        c.headers.push((HeaderName::from_static("x-canary"), vec![Pattern::new("on", false), Pattern::new("y*", false)]));
+        c.headers
+            .push((HeaderName::from_static("x-canary"), vec![Pattern::new("on", false), Pattern::new("y*", false)]));
         c.query.push(("version".into(), vec![Pattern::new("v2*", false)]));
         c.methods.push(Method::GET);
         c.source_ips.push("10.0.0.0/8".parse().unwrap());
-        let r = Router::new(vec![Rule { name: "r".into(), priority: 1, conditions: c, action: "hit".to_string() }], "miss".to_string());
+        let r = Router::new(
+            vec![Rule { name: "r".into(), priority: 1, conditions: c, action: "hit".to_string() }],
+            "miss".to_string(),
+        );
         let mut h = HeaderMap::new();
         h.insert("x-canary", "yes".parse().unwrap());
         assert_eq!(route(&r, "", "/?a=1&version=v2.1", &h), "hit");

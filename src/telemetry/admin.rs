@@ -63,9 +63,20 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 out.push_str("# HELP pilotfish_targets Targets by group and state.\n# TYPE pilotfish_targets gauge\n");
                 for g in &snap.target_groups {
                     let set = g.targets();
-                    for s in [TargetState::Initial, TargetState::Healthy, TargetState::Unhealthy, TargetState::Draining, TargetState::Unused] {
+                    for s in [
+                        TargetState::Initial,
+                        TargetState::Healthy,
+                        TargetState::Unhealthy,
+                        TargetState::Draining,
+                        TargetState::Unused,
+                    ] {
                         let n = set.targets().iter().filter(|t| t.state() == s).count();
-                        let _ = writeln!(out, "pilotfish_targets{{target_group=\"{}\",state=\"{}\"}} {n}", esc(&g.name), s.as_str());
+                        let _ = writeln!(
+                            out,
+                            "pilotfish_targets{{target_group=\"{}\",state=\"{}\"}} {n}",
+                            esc(&g.name),
+                            s.as_str()
+                        );
                     }
                 }
             });
@@ -110,6 +121,10 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
         (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/targets" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /healthz /readyz /metrics /config /targets, POST /reload\n"),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz /readyz /metrics /config /targets, POST /reload\n",
+        ),
     }
 }

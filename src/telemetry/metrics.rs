@@ -125,7 +125,9 @@ impl Metrics {
     /// Renders everything in the Prometheus text format (0.0.4).
     pub fn render(&self, extra: impl FnOnce(&mut String)) -> String {
         let mut out = String::with_capacity(8192);
-        out.push_str("# HELP pilotfish_requests_total Responses sent to clients.\n# TYPE pilotfish_requests_total counter\n");
+        out.push_str(
+            "# HELP pilotfish_requests_total Responses sent to clients.\n# TYPE pilotfish_requests_total counter\n",
+        );
         let mut rows: Vec<_> = self.requests.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         for ((l, tg), c) in &rows {
@@ -145,15 +147,31 @@ impl Metrics {
         ls.sort_by(|a, b| a.0.cmp(&b.0));
         out.push_str("# HELP pilotfish_request_duration_seconds Time from request head to response head.\n# TYPE pilotfish_request_duration_seconds histogram\n");
         for (l, s) in &ls {
-            s.request_duration.render(&mut out, "pilotfish_request_duration_seconds", &format!("listener=\"{}\"", esc(l)));
+            s.request_duration.render(
+                &mut out,
+                "pilotfish_request_duration_seconds",
+                &format!("listener=\"{}\"", esc(l)),
+            );
         }
-        out.push_str("# HELP pilotfish_active_connections Open client connections.\n# TYPE pilotfish_active_connections gauge\n");
+        out.push_str(
+            "# HELP pilotfish_active_connections Open client connections.\n# TYPE pilotfish_active_connections gauge\n",
+        );
         for (l, s) in &ls {
-            let _ = writeln!(out, "pilotfish_active_connections{{listener=\"{}\"}} {}", esc(l), s.active_connections.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "pilotfish_active_connections{{listener=\"{}\"}} {}",
+                esc(l),
+                s.active_connections.load(Ordering::Relaxed)
+            );
         }
         out.push_str("# HELP pilotfish_connections_total Client connections accepted.\n# TYPE pilotfish_connections_total counter\n");
         for (l, s) in &ls {
-            let _ = writeln!(out, "pilotfish_connections_total{{listener=\"{}\"}} {}", esc(l), s.connections_total.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "pilotfish_connections_total{{listener=\"{}\"}} {}",
+                esc(l),
+                s.connections_total.load(Ordering::Relaxed)
+            );
         }
         out.push_str("# HELP pilotfish_target_response_seconds Time from forwarding to the target's response head.\n# TYPE pilotfish_target_response_seconds histogram\n");
         let mut tr: Vec<_> = self.target_response.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
@@ -162,8 +180,16 @@ impl Metrics {
             h.render(&mut out, "pilotfish_target_response_seconds", &format!("target_group=\"{}\"", esc(tg)));
         }
         out.push_str("# HELP pilotfish_config_reloads_total Configuration reloads by result.\n# TYPE pilotfish_config_reloads_total counter\n");
-        let _ = writeln!(out, "pilotfish_config_reloads_total{{result=\"success\"}} {}", self.reloads_success.load(Ordering::Relaxed));
-        let _ = writeln!(out, "pilotfish_config_reloads_total{{result=\"failure\"}} {}", self.reloads_failure.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "pilotfish_config_reloads_total{{result=\"success\"}} {}",
+            self.reloads_success.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "pilotfish_config_reloads_total{{result=\"failure\"}} {}",
+            self.reloads_failure.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP pilotfish_config_generation Generation of the active configuration.\n# TYPE pilotfish_config_generation gauge\n");
         let _ = writeln!(out, "pilotfish_config_generation {}", self.generation.load(Ordering::Relaxed));
         out.push_str("# HELP pilotfish_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE pilotfish_access_log_dropped_total counter\n");

@@ -59,8 +59,16 @@ impl Backend {
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let delay = parts.headers.get("x-delay-ms").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-                            let status = parts.headers.get("x-status").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(200);
+                            let delay = parts
+                                .headers
+                                .get("x-delay-ms")
+                                .and_then(|v| v.to_str().ok()?.parse().ok())
+                                .unwrap_or(0);
+                            let status = parts
+                                .headers
+                                .get("x-status")
+                                .and_then(|v| v.to_str().ok()?.parse().ok())
+                                .unwrap_or(200);
                             s.lock().unwrap().push(Seen {
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
@@ -138,7 +146,11 @@ impl Lb {
     /// Starts pilotfish with `config` (listeners should bind 127.0.0.1:0; the admin API is put
     /// on 127.0.0.1:0 unless the config sets `[server]`).
     pub fn start(config: &str) -> Lb {
-        let text = if config.contains("[server]") { config.to_string() } else { format!("[server]\nadmin_bind = \"127.0.0.1:0\"\n{config}") };
+        let text = if config.contains("[server]") {
+            config.to_string()
+        } else {
+            format!("[server]\nadmin_bind = \"127.0.0.1:0\"\n{config}")
+        };
         let log = LogSink::default();
         let server = Server::start(Options {
             config: ConfigSource::Text { name: "test.toml".into(), text },
@@ -194,10 +206,18 @@ pub fn h2c_client() -> HttpClient {
 
 /// Sends a request built by `f` and reads the whole response.
 pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Got {
-    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req)).await.expect("response within 20s").expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), c.request(req))
+        .await
+        .expect("response within 20s")
+        .expect("request");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Got { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned(), version: parts.version }
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
 }
 
 pub async fn get(c: &HttpClient, url: &str) -> Got {
@@ -225,4 +245,3 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
-
