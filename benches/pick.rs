@@ -14,13 +14,7 @@ fn group(n: u16, algorithm: Algorithm) -> TargetGroup {
             weight: 1 + u32::from(i % 5),
         })
         .collect();
-    let settings = GroupSettings {
-        protocol: UpstreamProtocol::Http1,
-        algorithm,
-        connect_timeout: std::time::Duration::from_secs(1),
-        response_timeout: std::time::Duration::from_secs(1),
-        retries: 1,
-    };
+    let settings = GroupSettings::new(UpstreamProtocol::Http1, algorithm);
     TargetGroup::new("bench".into(), settings, &specs, None)
 }
 

@@ -206,6 +206,7 @@ async fn control_main(
         }
     };
     tokio::spawn(admin::serve(admin, control.clone()));
+    tokio::spawn(crate::control::health::run(control.state.clone()));
     if signals {
         tokio::spawn(signal_loop(control.clone(), shutdown_tx));
     }

@@ -1,6 +1,8 @@
 //! A target group: its settings and an atomically swappable [`TargetSet`]. A discovery update or
 //! reload builds a new set (reusing the `Arc<Target>` of addresses it already had) and publishes it
-//! with one store, so a request sees either the old set or the new one, never a mix.
+//! with one store, so a request sees either the old set or the new one, never a mix. Targets
+//! removed while requests are in flight stay in the set as `draining` (never picked) until they are
+//! idle or `deregistration_delay` runs out.
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::target::{now_ms, Reason};
 use super::{pick, Target, TargetState};
 use crate::config::file::{Algorithm, UpstreamProtocol};
 
@@ -27,40 +30,33 @@ pub struct TargetSet {
 }
 
 impl TargetSet {
-    /// Builds a set for `specs`, reusing targets of `prev` with the same address (and weight);
-    /// new targets start in `initial_state`.
-    pub fn build(specs: &[TargetSpec], prev: Option<&TargetSet>, initial_state: TargetState) -> TargetSet {
-        let targets: Vec<Arc<Target>> = specs
-            .iter()
-            .map(|s| {
-                prev.and_then(|p| p.find(s.addr))
-                    .filter(|t| t.weight == s.weight)
-                    .cloned()
-                    .unwrap_or_else(|| Target::new(s.addr, s.weight, initial_state))
-            })
-            .collect();
-        Self::from_targets(targets)
-    }
-
-    fn from_targets(targets: Vec<Arc<Target>>) -> TargetSet {
+    /// A set of exactly `targets`.
+    pub fn from_targets(targets: Vec<Arc<Target>>) -> TargetSet {
         let mut acc = 0u64;
         let cumulative = targets
             .iter()
             .map(|t| {
-                acc += u64::from(t.weight);
+                if t.state() != TargetState::Draining {
+                    acc += u64::from(t.weight());
+                }
                 acc
             })
             .collect();
         TargetSet { targets, cumulative }
     }
 
-    /// The targets in configuration order.
+    /// A set of new targets for `specs`, all in `state` (benches and tests).
+    pub fn build(specs: &[TargetSpec], state: TargetState) -> TargetSet {
+        Self::from_targets(specs.iter().map(|s| Target::new(s.addr, s.weight, state)).collect())
+    }
+
+    /// The targets in configuration order (draining ones last).
     #[inline]
     pub fn targets(&self) -> &[Arc<Target>] {
         &self.targets
     }
 
-    /// Running sums of the targets' weights.
+    /// Running sums of the targets' weights (draining targets add nothing).
     #[inline]
     pub fn cumulative_weights(&self) -> &[u64] {
         &self.cumulative
@@ -70,15 +66,44 @@ impl TargetSet {
     pub fn find(&self, addr: SocketAddr) -> Option<&Arc<Target>> {
         self.targets.iter().find(|t| t.addr == addr)
     }
+}
 
-    /// Whether the set has the same addresses and weights as `specs`, in order.
-    fn same_as(&self, specs: &[TargetSpec]) -> bool {
-        self.targets.len() == specs.len()
-            && self.targets.iter().zip(specs).all(|(t, s)| t.addr == s.addr && t.weight == s.weight)
+/// Active health check settings (ALB defaults in [`HealthCheck::default`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    /// None = the traffic port.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Inclusive status ranges that pass.
+    pub matcher: Vec<(u16, u16)>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".into(),
+            port: None,
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            healthy_threshold: 5,
+            unhealthy_threshold: 2,
+            matcher: vec![(200, 200)],
+        }
     }
 }
 
-/// Settings of a target group that the request path reads.
+impl HealthCheck {
+    /// Whether `status` passes the matcher.
+    pub fn matches(&self, status: u16) -> bool {
+        self.matcher.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+/// Settings of a target group.
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
     pub protocol: UpstreamProtocol,
@@ -86,6 +111,36 @@ pub struct GroupSettings {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub retries: u32,
+    /// Active checks; None = targets are healthy on registration and never checked.
+    pub health_check: Option<HealthCheck>,
+    /// Linear ramp from 10% to 100% of a target's share after it becomes healthy; zero = off.
+    pub slow_start: Duration,
+    /// How long removed targets may drain before they are dropped (ALB default 300 s).
+    pub deregistration_delay: Duration,
+}
+
+impl GroupSettings {
+    /// Settings with the defaults for everything but the protocol and algorithm.
+    pub fn new(protocol: UpstreamProtocol, algorithm: Algorithm) -> Self {
+        GroupSettings {
+            protocol,
+            algorithm,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            retries: 1,
+            health_check: None,
+            slow_start: Duration::ZERO,
+            deregistration_delay: Duration::from_secs(300),
+        }
+    }
+
+    fn initial_state(&self) -> TargetState {
+        if self.health_check.is_some() {
+            TargetState::Initial
+        } else {
+            TargetState::Healthy
+        }
+    }
 }
 
 /// A named target group.
@@ -95,20 +150,32 @@ pub struct TargetGroup {
     pub settings: GroupSettings,
     set: ArcSwap<TargetSet>,
     cursor: AtomicUsize,
+    /// Cursor for second picks (slow-start re-picks, fail-open), so they do not shift the
+    /// round-robin order of first picks.
+    alt_cursor: AtomicUsize,
 }
 
 impl TargetGroup {
-    /// A group with `specs` as its targets, reusing targets of `prev` (the same group in the previous
-    /// snapshot) so their state carries over.
+    /// A group with `specs` as its targets. Targets of `prev` (the same group in the previous
+    /// snapshot) are reused by address; those no longer listed start draining.
     pub fn new(
         name: Arc<str>,
         settings: GroupSettings,
         specs: &[TargetSpec],
         prev: Option<&TargetGroup>,
     ) -> TargetGroup {
-        let prev_set = prev.map(|g| g.set.load_full());
-        let set = TargetSet::build(specs, prev_set.as_deref(), TargetState::Healthy);
-        TargetGroup { name, settings, set: ArcSwap::from_pointee(set), cursor: AtomicUsize::new(0) }
+        let g = TargetGroup {
+            name,
+            settings,
+            set: ArcSwap::from_pointee(TargetSet::default()),
+            cursor: AtomicUsize::new(0),
+            alt_cursor: AtomicUsize::new(0),
+        };
+        if let Some(p) = prev {
+            g.set.store(p.set.load_full());
+        }
+        g.update(specs);
+        g
     }
 
     /// The current target set.
@@ -117,29 +184,98 @@ impl TargetGroup {
         self.set.load()
     }
 
-    /// Replaces the targets with `specs` (control plane only). Unchanged targets keep their state;
-    /// a set equal to the current one publishes nothing. Returns whether anything changed.
+    /// Replaces the registered targets with `specs` (control plane only). Listed targets keep
+    /// their state; unlisted ones drain (or go at once when idle or the delay is zero); a set
+    /// equal to the current one publishes nothing. Returns whether anything changed.
     pub fn update(&self, specs: &[TargetSpec]) -> bool {
         let cur = self.set.load_full();
-        if cur.same_as(specs) {
+        let registered: Vec<&Arc<Target>> = cur.targets.iter().filter(|t| t.state() != TargetState::Draining).collect();
+        let unchanged = registered.len() == specs.len()
+            && registered.iter().zip(specs).all(|(t, s)| t.addr == s.addr && t.weight() == s.weight);
+        if unchanged {
             return false;
         }
-        self.set.store(Arc::new(TargetSet::build(specs, Some(&cur), TargetState::Healthy)));
+        let mut next: Vec<Arc<Target>> = specs
+            .iter()
+            .map(|s| match cur.find(s.addr) {
+                Some(t) => {
+                    t.set_weight(s.weight);
+                    if matches!(t.state(), TargetState::Draining | TargetState::Unused) {
+                        // Registered again while draining: starts over.
+                        let st = self.settings.initial_state();
+                        let reason =
+                            if st == TargetState::Initial { Reason::InitialHealthChecking } else { Reason::None };
+                        t.set_state(st, reason);
+                    }
+                    t.clone()
+                }
+                None => Target::new(s.addr, s.weight, self.settings.initial_state()),
+            })
+            .collect();
+        for t in cur.targets.iter().filter(|t| !specs.iter().any(|s| s.addr == t.addr)) {
+            if self.settings.deregistration_delay.is_zero() || t.in_flight() == 0 {
+                t.set_state(TargetState::Unused, Reason::None);
+            } else {
+                if t.state() != TargetState::Draining {
+                    t.set_state(TargetState::Draining, Reason::DeregistrationInProgress);
+                }
+                next.push(t.clone());
+            }
+        }
+        self.set.store(Arc::new(TargetSet::from_targets(next)));
         true
     }
 
-    /// Picks a target for a new request, skipping `skip` (targets that already failed this
-    /// request). Healthy targets first; when none is healthy, any non-draining one (fail-open).
+    /// Drops draining targets that are idle or past `deregistration_delay` (control plane).
+    /// Returns the addresses dropped.
+    pub fn sweep_draining(&self) -> Vec<SocketAddr> {
+        let cur = self.set.load_full();
+        let now = now_ms();
+        let delay = self.settings.deregistration_delay.as_millis() as u64;
+        let done = |t: &Arc<Target>| {
+            t.state() == TargetState::Draining && (t.in_flight() == 0 || t.draining_for(now) >= delay)
+        };
+        if !cur.targets.iter().any(done) {
+            return Vec::new();
+        }
+        let (gone, keep): (Vec<_>, Vec<_>) = cur.targets.iter().cloned().partition(done);
+        for t in &gone {
+            t.set_state(TargetState::Unused, Reason::None);
+        }
+        self.set.store(Arc::new(TargetSet::from_targets(keep)));
+        gone.iter().map(|t| t.addr).collect()
+    }
+
+    /// Whether the group is failing open: no healthy target but some unhealthy ones.
+    pub fn is_fail_open(&self) -> bool {
+        let set = self.targets();
+        !set.targets.iter().any(|t| t.is_routable()) && set.targets.iter().any(|t| t.state() == TargetState::Unhealthy)
+    }
+
+    /// Picks a target for a new request, skipping `skip` (a target that already failed this
+    /// request). Healthy targets first, each new one admitted at its slow-start share; when none
+    /// is healthy, any unhealthy one (fail-open, ALB's rule). `initial` and `draining` targets
+    /// never get new requests.
     #[inline]
     pub fn pick(&self, set: &TargetSet, skip: Option<&Arc<Target>>) -> Option<Arc<Target>> {
         let not_skipped = |t: &Target| skip.is_none_or(|s| !std::ptr::eq(&**s, t));
-        pick(self.settings.algorithm, set, &self.cursor, &|t| t.is_routable() && not_skipped(t))
-            .or_else(|| {
-                pick(self.settings.algorithm, set, &self.cursor, &|t| {
-                    t.state() != TargetState::Draining && not_skipped(t)
-                })
-            })
-            .cloned()
+        let alg = self.settings.algorithm;
+        let healthy = |t: &Target| t.is_routable() && not_skipped(t);
+        if let Some(t) = pick(alg, set, &self.cursor, &healthy) {
+            if !self.settings.slow_start.is_zero() {
+                if let Some(f) = t.slow_start_factor(self.settings.slow_start, now_ms()) {
+                    if fastrand::f64() >= f {
+                        // Not admitted at its current share: let the others take this one.
+                        let others = |x: &Target| healthy(x) && !std::ptr::eq(x, &**t);
+                        if let Some(alt) = pick(alg, set, &self.alt_cursor, &others) {
+                            return Some(alt.clone());
+                        }
+                    }
+                }
+            }
+            return Some(t.clone());
+        }
+        pick(alg, set, &self.alt_cursor, &|t| t.state() == TargetState::Unhealthy && not_skipped(t)).cloned()
     }
 }
 
@@ -148,25 +284,21 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn set_of(n: u16) -> TargetSet {
-        let specs: Vec<_> =
-            (0..n).map(|i| TargetSpec { addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + i)), weight: 1 }).collect();
-        TargetSet::build(&specs, None, TargetState::Healthy)
+        let specs: Vec<_> = (0..n).map(|i| spec(10_000 + i)).collect();
+        TargetSet::build(&specs, TargetState::Healthy)
+    }
+
+    fn spec(port: u16) -> TargetSpec {
+        TargetSpec { addr: SocketAddr::from(([127, 0, 0, 1], port)), weight: 1 }
     }
 
     fn settings() -> GroupSettings {
-        GroupSettings {
-            protocol: UpstreamProtocol::Http1,
-            algorithm: Algorithm::RoundRobin,
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
-            retries: 1,
-        }
+        GroupSettings::new(UpstreamProtocol::Http1, Algorithm::RoundRobin)
     }
 
     #[test]
     fn update_keeps_identity_and_skips_no_op() {
-        let a = TargetSpec { addr: "127.0.0.1:1".parse().unwrap(), weight: 1 };
-        let b = TargetSpec { addr: "127.0.0.1:2".parse().unwrap(), weight: 1 };
+        let (a, b) = (spec(1), spec(2));
         let g = TargetGroup::new("g".into(), settings(), std::slice::from_ref(&a), None);
         let before = g.targets().targets()[0].clone();
         let _req = before.start_request();
@@ -178,19 +310,61 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn fails_open_when_nothing_is_healthy_and_honours_skip() {
-        let g = TargetGroup::new(
-            "g".into(),
-            settings(),
-            &[TargetSpec { addr: "127.0.0.1:1".parse().unwrap(), weight: 1 }],
-            None,
-        );
+    fn slow_start_admits_a_new_target_at_its_share() {
+        let mut s = GroupSettings::new(UpstreamProtocol::Http1, Algorithm::LeastOutstandingRequests);
+        s.health_check = Some(HealthCheck::default());
+        s.slow_start = Duration::from_secs(3600);
+        let g = TargetGroup::new("g".into(), s, &[spec(1), spec(2)], None);
         let set = g.targets();
-        let t = set.targets()[0].clone();
-        t.set_state(TargetState::Unhealthy);
-        assert!(g.pick(&set, None).is_some());
-        assert!(g.pick(&set, Some(&t)).is_none());
-        t.set_state(TargetState::Draining);
-        assert!(g.pick(&set, None).is_none());
+        set.targets()[0].set_state(TargetState::Healthy, Reason::None);
+        set.targets()[1].set_state(TargetState::Healthy, Reason::None);
+        // Both just became healthy: each is at 10%, so rejections fall back to the other.
+        let fresh = (0..2000).filter(|_| g.pick(&set, None).unwrap().addr == set.targets()[1].addr).count();
+        assert!((800..1200).contains(&fresh), "two fresh targets still split evenly: {fresh}");
+        let old = Target::new(SocketAddr::from(([127, 0, 0, 1], 3)), 1, TargetState::Healthy);
+        let set2 = TargetSet::from_targets(vec![old, set.targets()[1].clone()]);
+        let fresh = (0..4000).filter(|_| g.pick(&set2, None).unwrap().addr == set.targets()[1].addr).count();
+        // share = 0.5 × 0.1 = 5% of 4000 = 200.
+        assert!((100..320).contains(&fresh), "a fresh target gets ~5%: {fresh}");
+    }
+
+    #[test]
+    fn removed_targets_drain_until_idle() {
+        let (a, b) = (spec(1), spec(2));
+        let g = TargetGroup::new("g".into(), settings(), &[a.clone(), b.clone()], None);
+        let tb = g.targets().find(b.addr).unwrap().clone();
+        let req = tb.start_request();
+        assert!(g.update(std::slice::from_ref(&a)));
+        assert_eq!(tb.state(), TargetState::Draining);
+        let set = g.targets();
+        for _ in 0..10 {
+            assert_eq!(g.pick(&set, None).unwrap().addr, a.addr, "draining targets get no new requests");
+        }
+        assert!(g.sweep_draining().is_empty(), "still busy");
+        drop(req);
+        assert_eq!(g.sweep_draining(), vec![b.addr]);
+        assert_eq!(tb.state(), TargetState::Unused);
+        assert_eq!(g.targets().targets().len(), 1);
+    }
+
+    #[test]
+    fn fails_open_over_unhealthy_targets_only_and_honours_skip() {
+        let mut s = settings();
+        s.health_check = Some(HealthCheck::default());
+        let g = TargetGroup::new("g".into(), s, &[spec(1), spec(2)], None);
+        let set = g.targets();
+        let (t1, t2) = (set.targets()[0].clone(), set.targets()[1].clone());
+        assert!(g.pick(&set, None).is_none(), "initial targets get no traffic");
+        t1.set_state(TargetState::Unhealthy, Reason::Timeout);
+        assert!(g.is_fail_open());
+        assert_eq!(g.pick(&set, None).unwrap().addr, t1.addr);
+        t2.set_state(TargetState::Unhealthy, Reason::Timeout);
+        let picks: Vec<_> = (0..4).map(|_| g.pick(&set, None).unwrap().addr).collect();
+        assert!(picks.contains(&t1.addr) && picks.contains(&t2.addr), "fail-open round-robins: {picks:?}");
+        t2.set_state(TargetState::Initial, Reason::InitialHealthChecking);
+        assert!(g.pick(&set, Some(&t1)).is_none());
+        t2.set_state(TargetState::Healthy, Reason::None);
+        assert!(!g.is_fail_open());
+        assert_eq!(g.pick(&set, None).unwrap().addr, t2.addr);
     }
 }

@@ -10,8 +10,8 @@ pub mod weighted_random;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-pub use group::{GroupSettings, TargetGroup, TargetSet, TargetSpec};
-pub use target::{InFlightGuard, Target, TargetState};
+pub use group::{GroupSettings, HealthCheck, TargetGroup, TargetSet, TargetSpec};
+pub use target::{CheckResult, InFlightGuard, Reason, Target, TargetState};
 
 use crate::config::file::Algorithm;
 

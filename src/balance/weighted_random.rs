@@ -30,13 +30,13 @@ impl Selector for WeightedRandom {
             }
         }
         // Slow path: some targets are not eligible (or all weights are zero).
-        let sum: u64 = targets.iter().filter(|t| eligible(t)).map(|t| u64::from(t.weight)).sum();
+        let sum: u64 = targets.iter().filter(|t| eligible(t)).map(|t| u64::from(t.weight())).sum();
         if sum == 0 {
             return targets.iter().find(|t| eligible(t));
         }
         let mut r = fastrand::u64(0..sum);
         targets.iter().filter(|t| eligible(t)).find(|t| {
-            let w = u64::from(t.weight);
+            let w = u64::from(t.weight());
             if r < w {
                 true
             } else {
@@ -59,7 +59,7 @@ mod tests {
             .iter()
             .map(|&(p, w)| TargetSpec { addr: format!("127.0.0.1:{p}").parse().unwrap(), weight: w })
             .collect();
-        let set = TargetSet::build(&specs, None, TargetState::Healthy);
+        let set = TargetSet::build(&specs, TargetState::Healthy);
         let cursor = AtomicUsize::new(0);
         let heavy =
             (0..4000).filter(|_| WeightedRandom.pick(&set, &cursor, &|_| true).unwrap().addr.port() == 2).count();

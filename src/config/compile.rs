@@ -17,7 +17,7 @@ use toml::Spanned;
 use super::file::{self, FileConfig, Forward, ListenerProtocol, TargetEntry};
 use super::snapshot::*;
 use super::{Diagnostics, Severity, SourceMap};
-use crate::balance::{GroupSettings, TargetGroup, TargetSpec};
+use crate::balance::{GroupSettings, HealthCheck, TargetGroup, TargetSpec};
 use crate::routing::{Conditions, Pattern, Router, Rule};
 use crate::telemetry::metrics::Metrics;
 
@@ -136,15 +136,17 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             }
         }
         if let Some(v) = &tg.slow_start {
-            if !v.get_ref().0.is_zero() {
-                not_yet(cx, v.span(), "slow_start", "target lifecycle");
+            if v.get_ref().0 > Duration::from_secs(3600) {
+                cx.err(v.span(), "slow_start must be at most 1h (0s = off)");
             }
         }
         if let Some(v) = &tg.deregistration_delay {
-            not_yet(cx, v.span(), "deregistration_delay", "target lifecycle");
+            if v.get_ref().0 > Duration::from_secs(3600) {
+                cx.err(v.span(), "deregistration_delay must be at most 1h");
+            }
         }
-        if let Some(v) = &tg.health_check {
-            not_yet(cx, v.span(), "[target_groups.health_check]", "active health checks");
+        if let Some(hc) = &tg.health_check {
+            check_health(cx, hc.get_ref());
         }
         if let Some(v) = &tg.discovery {
             not_yet(cx, v.span(), "[target_groups.discovery]", "service discovery");
@@ -336,6 +338,66 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     }
 }
 
+fn check_health(cx: &mut Ctx<'_>, hc: &file::HealthCheck) {
+    if let Some(p) = &hc.path {
+        let v = p.get_ref();
+        if !v.starts_with('/') || v.len() > 1024 || v.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            cx.err(p.span(), format!("bad health check path {v:?}: must start with '/', no spaces, max 1024"));
+        }
+    }
+    if let Some(p) = &hc.port {
+        match p.get_ref() {
+            file::HealthPort::Number(0) => cx.err(p.span(), "health check port must be 1..=65535 or \"traffic-port\""),
+            file::HealthPort::Named(n) if n != "traffic-port" => {
+                cx.err(p.span(), format!("bad health check port {n:?}: a number or \"traffic-port\""))
+            }
+            _ => {}
+        }
+    }
+    let interval = hc.interval.as_ref().map_or(Duration::from_secs(30), |d| d.get_ref().0);
+    if let Some(i) = &hc.interval {
+        if i.get_ref().0 < Duration::from_millis(50) || i.get_ref().0 > Duration::from_secs(300) {
+            cx.err(i.span(), "health check interval must be between 50ms and 300s");
+        }
+    }
+    if let Some(t) = &hc.timeout {
+        if t.get_ref().0.is_zero() || t.get_ref().0 > interval {
+            cx.err(t.span(), "health check timeout must be greater than 0 and at most the interval");
+        }
+    } else if interval < Duration::from_secs(5) {
+        // The default timeout (5 s) would exceed a short interval: say which key to set.
+        cx.err(
+            hc.interval.as_ref().map_or(0..0, |i| i.span()),
+            "health check interval is shorter than the default timeout (5s): set timeout too",
+        );
+    }
+    for t in [&hc.healthy_threshold, &hc.unhealthy_threshold].into_iter().flatten() {
+        if !(1..=10).contains(t.get_ref()) {
+            cx.err(t.span(), "health check thresholds must be 1..=10");
+        }
+    }
+    if let Some(m) = &hc.matcher {
+        if let Err(e) = parse_matcher(m.get_ref()) {
+            cx.err(m.span(), e);
+        }
+    }
+}
+
+/// Parses an ALB-style status matcher: `"200"`, `"200,204"`, `"200-399"`.
+pub fn parse_matcher(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    let bad = || format!("bad matcher {s:?}: codes like \"200\", \"200,204\" or \"200-399\" (100..=599)");
+    let code = |c: &str| c.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+    s.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((lo, hi)) => match (code(lo), code(hi)) {
+                (Some(lo), Some(hi)) if lo <= hi => Ok((lo, hi)),
+                _ => Err(bad()),
+            },
+            None => code(part).map(|c| (c, c)).ok_or_else(bad),
+        })
+        .collect()
+}
+
 fn empty_list<T>(cx: &mut Ctx<'_>, list: &Spanned<Vec<T>>, what: &str) {
     if list.get_ref().is_empty() {
         cx.err(list.span(), format!("empty {what} list: remove the condition to match any {what}"));
@@ -460,13 +522,23 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
         .map(|tg| {
             let tg = tg.get_ref();
             let name: Arc<str> = tg.name.get_ref().as_str().into();
-            let settings = GroupSettings {
-                protocol: tg.protocol,
-                algorithm: tg.algorithm,
-                connect_timeout: tg.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
-                response_timeout: tg.response_timeout.map_or(Duration::from_secs(60), |d| d.0),
-                retries: tg.retries.unwrap_or(1),
-            };
+            let mut settings = GroupSettings::new(tg.protocol, tg.algorithm);
+            if let Some(d) = tg.connect_timeout {
+                settings.connect_timeout = d.0;
+            }
+            if let Some(d) = tg.response_timeout {
+                settings.response_timeout = d.0;
+            }
+            if let Some(r) = tg.retries {
+                settings.retries = r;
+            }
+            if let Some(d) = &tg.slow_start {
+                settings.slow_start = d.get_ref().0;
+            }
+            if let Some(d) = &tg.deregistration_delay {
+                settings.deregistration_delay = d.get_ref().0;
+            }
+            settings.health_check = tg.health_check.as_ref().map(|h| health(h.get_ref()));
             let specs: Vec<TargetSpec> = tg
                 .targets
                 .iter()
@@ -533,6 +605,22 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
 
     let json = describe(cfg, input.generation);
     Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json)
+}
+
+fn health(h: &file::HealthCheck) -> HealthCheck {
+    let d = HealthCheck::default();
+    HealthCheck {
+        path: h.path.as_ref().map_or(d.path, |p| p.get_ref().clone()),
+        port: match h.port.as_ref().map(|p| p.get_ref()) {
+            Some(file::HealthPort::Number(n)) => Some(*n),
+            _ => None,
+        },
+        interval: h.interval.as_ref().map_or(d.interval, |i| i.get_ref().0),
+        timeout: h.timeout.as_ref().map_or(d.timeout, |t| t.get_ref().0),
+        healthy_threshold: h.healthy_threshold.as_ref().map_or(d.healthy_threshold, |t| *t.get_ref()),
+        unhealthy_threshold: h.unhealthy_threshold.as_ref().map_or(d.unhealthy_threshold, |t| *t.get_ref()),
+        matcher: h.matcher.as_ref().map_or(d.matcher, |m| parse_matcher(m.get_ref()).expect("validated")),
+    }
 }
 
 fn conditions(r: &file::Rule) -> Conditions {
@@ -660,6 +748,20 @@ fn describe(cfg: &FileConfig, generation: u64) -> serde_json::Value {
                 "name": t.name.get_ref(),
                 "protocol": format!("{:?}", t.protocol).to_lowercase(),
                 "algorithm": format!("{:?}", t.algorithm),
+                "health_check": t.health_check.as_ref().map(|h| {
+                    let h = health(h.get_ref());
+                    json!({
+                        "path": h.path,
+                        "port": h.port.map_or("traffic-port".to_string(), |p| p.to_string()),
+                        "interval": humantime::format_duration(h.interval).to_string(),
+                        "timeout": humantime::format_duration(h.timeout).to_string(),
+                        "healthy_threshold": h.healthy_threshold,
+                        "unhealthy_threshold": h.unhealthy_threshold,
+                        "matcher": h.matcher.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>().join(","),
+                    })
+                }),
+                "slow_start": t.slow_start.as_ref().map(|d| humantime::format_duration(d.get_ref().0).to_string()),
+                "deregistration_delay": t.deregistration_delay.as_ref().map(|d| humantime::format_duration(d.get_ref().0).to_string()),
                 "targets": t.targets.iter().map(|e| match e.get_ref() {
                     TargetEntry::Addr(a) => a.clone(),
                     TargetEntry::Weighted { address, .. } => address.clone(),
@@ -720,6 +822,16 @@ targets = ["127.0.0.1"]
             assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
         }
         assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn matchers_parse_like_alb() {
+        assert_eq!(parse_matcher("200").unwrap(), vec![(200, 200)]);
+        assert_eq!(parse_matcher("200,204").unwrap(), vec![(200, 200), (204, 204)]);
+        assert_eq!(parse_matcher("200-399").unwrap(), vec![(200, 399)]);
+        for bad in ["", "2xx", "399-200", "700", "200,"] {
+            assert!(parse_matcher(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -240,8 +240,29 @@ pub struct TargetGroup {
     pub retries: Option<u32>,
     #[serde(default)]
     pub targets: Vec<Spanned<TargetEntry>>,
-    pub health_check: Option<Spanned<toml::Value>>,
+    pub health_check: Option<Spanned<HealthCheck>>,
     pub discovery: Option<Spanned<toml::Value>>,
     pub autoscaling: Option<Spanned<toml::Value>>,
     pub tls: Option<Spanned<toml::Value>>,
+}
+
+/// `port = "traffic-port"` or a number.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HealthPort {
+    Number(u16),
+    Named(String),
+}
+
+/// `[target_groups.health_check]` (ALB defaults when a key is absent).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: Option<Spanned<String>>,
+    pub port: Option<Spanned<HealthPort>>,
+    pub interval: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub healthy_threshold: Option<Spanned<u32>>,
+    pub unhealthy_threshold: Option<Spanned<u32>>,
+    pub matcher: Option<Spanned<String>>,
 }

@@ -197,6 +197,7 @@ pub async fn forward(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");
+                passive_failure(arm, &target);
                 last_err = Some(e);
                 failed = Some(target);
                 attempt += 1;
@@ -214,8 +215,12 @@ pub async fn forward(
             }
         };
         match result {
-            Err(_elapsed) => return Err(ProxyError::ResponseTimeout(target.addr)),
+            Err(_elapsed) => {
+                passive_failure(arm, &target);
+                return Err(ProxyError::ResponseTimeout(target.addr));
+            }
             Ok(Ok(resp)) => {
+                target.record_passive_success();
                 let took = sent_at.elapsed();
                 info.target_time = Some(took);
                 arm.target_response.observe(took);
@@ -235,6 +240,7 @@ pub async fn forward(
                 }
                 let source = e.into_error();
                 tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, error = %source, "target failed before responding");
+                passive_failure(arm, &target);
                 last_err = Some(ProxyError::Upstream { addr: target.addr, source });
                 failed = Some(target);
                 attempt += 1;
@@ -242,6 +248,16 @@ pub async fn forward(
         }
     }
     Err(last_err.unwrap_or_else(|| ProxyError::NoTarget(group.name.clone())))
+}
+
+/// A transport failure on live traffic counts as a failed health check at once (outlier
+/// ejection). Only with active checks configured: they are what brings a target back.
+fn passive_failure(arm: &ForwardArm, target: &Target) {
+    if let Some(hc) = &arm.group.settings.health_check {
+        if target.record_passive_failure(hc.unhealthy_threshold) {
+            tracing::warn!(target_group = %arm.group.name, target = %target.addr, "target ejected after failures on live traffic");
+        }
+    }
 }
 
 fn closes(headers: &HeaderMap) -> bool {

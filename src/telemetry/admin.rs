@@ -63,13 +63,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 out.push_str("# HELP pilotfish_targets Targets by group and state.\n# TYPE pilotfish_targets gauge\n");
                 for g in &snap.target_groups {
                     let set = g.targets();
-                    for s in [
-                        TargetState::Initial,
-                        TargetState::Healthy,
-                        TargetState::Unhealthy,
-                        TargetState::Draining,
-                        TargetState::Unused,
-                    ] {
+                    for s in TargetState::ALL {
                         let n = set.targets().iter().filter(|t| t.state() == s).count();
                         let _ = writeln!(
                             out,
@@ -78,6 +72,13 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                             s.as_str()
                         );
                     }
+                }
+                out.push_str(
+                    "# HELP pilotfish_target_group_fail_open 1 while a group has no healthy target and routes to its unhealthy ones.\n# TYPE pilotfish_target_group_fail_open gauge\n",
+                );
+                for g in &snap.target_groups {
+                    let fo = u8::from(g.is_fail_open());
+                    let _ = writeln!(out, "pilotfish_target_group_fail_open{{target_group=\"{}\"}} {fo}", esc(&g.name));
                 }
             });
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
@@ -92,14 +93,22 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                     let set = g.targets();
                     json!({
                         "name": &*g.name,
-                        "targets": set.targets().iter().map(|t| json!({
-                            "address": t.addr.to_string(),
-                            "state": t.state().as_str(),
-                            "in_flight": t.in_flight(),
-                            "weight": t.weight,
-                            "source": "static",
-                            "idle_connections": t.pool.idle_len(),
-                        })).collect::<Vec<_>>(),
+                        "fail_open": g.is_fail_open(),
+                        "targets": set.targets().iter().map(|t| {
+                            let last = t.last_check();
+                            json!({
+                                "address": t.addr.to_string(),
+                                "state": t.state().as_str(),
+                                "reason": t.reason().as_str(),
+                                "in_flight": t.in_flight(),
+                                "slow_start_share": t.slow_start_factor(g.settings.slow_start, crate::balance::target::now_ms()),
+                                "weight": t.weight(),
+                                "source": "static",
+                                "last_check": last.map(|(_, r)| r),
+                                "last_check_time": last.map(|(ms, _)| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()),
+                                "idle_connections": t.pool.idle_len(),
+                            })
+                        }).collect::<Vec<_>>(),
                     })
                 })
                 .collect();

@@ -100,6 +100,7 @@ pub struct Metrics {
     listeners: DashMap<Arc<str>, Arc<ListenerStats>>,
     requests: DashMap<(Arc<str>, Arc<str>), Arc<CodeCounters>>,
     target_response: DashMap<Arc<str>, Arc<Histogram>>,
+    health_checks: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
     pub reloads_success: AtomicU64,
     pub reloads_failure: AtomicU64,
     pub generation: AtomicU64,
@@ -120,6 +121,11 @@ impl Metrics {
     /// Target response-time histogram of `target_group`.
     pub fn target_response(&self, target_group: &Arc<str>) -> Arc<Histogram> {
         self.target_response.entry(target_group.clone()).or_default().clone()
+    }
+
+    /// Counts one active health check of `target_group` ("pass" or "fail"; control plane).
+    pub fn health_check(&self, target_group: &Arc<str>, result: &'static str) {
+        self.health_checks.entry((target_group.clone(), result)).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders everything in the Prometheus text format (0.0.4).
@@ -194,6 +200,14 @@ impl Metrics {
         let _ = writeln!(out, "pilotfish_config_generation {}", self.generation.load(Ordering::Relaxed));
         out.push_str("# HELP pilotfish_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE pilotfish_access_log_dropped_total counter\n");
         let _ = writeln!(out, "pilotfish_access_log_dropped_total {}", self.access_log_dropped.load(Ordering::Relaxed));
+        out.push_str("# HELP pilotfish_health_checks_total Active health checks by result.\n# TYPE pilotfish_health_checks_total counter\n");
+        let mut hc: Vec<_> =
+            self.health_checks.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+        hc.sort();
+        for ((tg, result), n) in hc {
+            let _ =
+                writeln!(out, "pilotfish_health_checks_total{{target_group=\"{}\",result=\"{result}\"}} {n}", esc(&tg));
+        }
         extra(&mut out);
         out
     }

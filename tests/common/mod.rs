@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,11 +33,17 @@ pub struct Seen {
 
 /// A real HTTP server (HTTP/1.1 and h2c) that answers with its name and records requests.
 /// `x-delay-ms: N` makes it wait N ms before answering; `x-status: N` sets the status.
+/// `GET /health` answers `health_status` (200 by default) and is counted apart, not recorded.
 pub struct Backend {
     pub name: &'static str,
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub health_status: Arc<AtomicU16>,
+    /// Health checks answered with a passing (2xx) / failing status.
+    pub health_passes: Arc<AtomicUsize>,
+    pub health_fails: Arc<AtomicUsize>,
+    kill: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -47,16 +53,36 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let health_status = Arc::new(AtomicU16::new(200));
+        let (health_passes, health_fails) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (kill, kill_rx) = tokio::sync::watch::channel(false);
         let (c, s) = (connections.clone(), seen.clone());
+        let health = (health_status.clone(), health_passes.clone(), health_fails.clone());
+        let mut stop = kill_rx.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let accepted = tokio::select! {
+                    a = listener.accept() => a,
+                    _ = stop.changed() => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
                 c.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
+                let health = health.clone();
+                let mut stop = kill_rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let s = s.clone();
+                        let health = health.clone();
                         async move {
+                            if req.uri().path() == "/health" {
+                                let status = health.0.load(Ordering::SeqCst);
+                                let counter = if (200..300).contains(&status) { &health.1 } else { &health.2 };
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                let mut r = Response::new(Full::new(Bytes::from_static(b"health")));
+                                *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                                return Ok::<_, Infallible>(r);
+                            }
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let delay = parts
@@ -87,11 +113,27 @@ impl Backend {
                             Ok::<_, Infallible>(r)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    // Killing the backend drops its connections mid-request, like a crashed process.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.changed() => {}
+                    }
                 });
             }
         });
-        Backend { name, addr, connections, seen, task }
+        Backend { name, addr, connections, seen, health_status, health_passes, health_fails, kill, task }
+    }
+
+    /// Stops the server like a crash: the port refuses, open connections are dropped.
+    pub fn kill(&self) {
+        let _ = self.kill.send(true);
+    }
+
+    /// Makes `/health` answer `status`.
+    pub fn set_health(&self, status: u16) {
+        self.health_status.store(status, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> usize {
@@ -105,6 +147,7 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        let _ = self.kill.send(true);
         self.task.abort();
     }
 }
@@ -244,4 +287,27 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The admin `/targets` entry of `addr` in group `group`.
+pub async fn target_entry(lb: &Lb, group: &str, addr: SocketAddr) -> Option<serde_json::Value> {
+    let body = get(&client(), &lb.admin("/targets")).await.body;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["target_groups"].as_array()?.iter().find(|g| g["name"] == group)?["targets"]
+        .as_array()?
+        .iter()
+        .find(|t| t["address"] == addr.to_string())
+        .cloned()
+}
+
+/// Polls `/targets` until `addr` in `group` is in `state` (true) or `within` passes (false).
+pub async fn wait_state(lb: &Lb, group: &str, addr: SocketAddr, state: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if target_entry(lb, group, addr).await.is_some_and(|t| t["state"] == state) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
 }
