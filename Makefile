@@ -19,4 +19,4 @@ fmt:
 	$(CARGO) fmt --all
 
 bench:
-	$(CARGO) bench --bench route_lookup --bench pick
+	$(CARGO) bench --bench route_lookup --bench pick --bench sni_resolve

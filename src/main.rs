@@ -83,8 +83,14 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
     };
     let name = path.display().to_string();
-    let input =
-        pilotfish::config::CompileInput { name: &name, text: &text, previous: None, metrics: &metrics, generation: 1 };
+    let input = pilotfish::config::CompileInput {
+        name: &name,
+        text: &text,
+        previous: None,
+        metrics: &metrics,
+        generation: 1,
+        base_dir: path.parent(),
+    };
     match pilotfish::config::compile(input) {
         Ok((snap, warnings)) => {
             for w in warnings.warnings() {

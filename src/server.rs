@@ -74,6 +74,7 @@ impl Server {
             previous: None,
             metrics: &metrics,
             generation: 1,
+            base_dir: path.as_deref().and_then(|p| p.parent()),
         })
         .map_err(StartError::Config)?;
         for w in warnings.warnings() {

@@ -117,6 +117,8 @@ pub struct GroupSettings {
     pub slow_start: Duration,
     /// How long removed targets may drain before they are dropped (ALB default 300 s).
     pub deregistration_delay: Duration,
+    /// HTTPS to targets.
+    pub tls: Option<Arc<crate::tls::client::UpstreamTls>>,
 }
 
 impl GroupSettings {
@@ -131,6 +133,7 @@ impl GroupSettings {
             health_check: None,
             slow_start: Duration::ZERO,
             deregistration_delay: Duration::from_secs(300),
+            tls: None,
         }
     }
 

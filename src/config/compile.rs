@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use super::{Diagnostics, Severity, SourceMap};
 use crate::balance::{GroupSettings, HealthCheck, TargetGroup, TargetSpec};
 use crate::routing::{Conditions, Pattern, Router, Rule};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::client::{upstream_config, UpstreamTls};
+use crate::tls::{CertStore, LoadedCert};
+use rustls::pki_types::ServerName;
 
 /// What a compile needs besides the file itself.
 pub struct CompileInput<'a> {
@@ -30,6 +34,8 @@ pub struct CompileInput<'a> {
     pub previous: Option<&'a Snapshot>,
     pub metrics: &'a Metrics,
     pub generation: u64,
+    /// Relative certificate and CA paths are resolved against this (the config file's folder).
+    pub base_dir: Option<&'a Path>,
 }
 
 /// ALB's limits, which pilotfish follows so configs move between the two.
@@ -43,9 +49,21 @@ const MIN_HEADER_BYTES: usize = 8192;
 struct Ctx<'a> {
     map: SourceMap<'a>,
     diags: Vec<super::ConfigError>,
+    base_dir: Option<&'a Path>,
+    /// Certificates loaded during validation, by name.
+    certs: HashMap<String, LoadedCert>,
+    /// HTTPS-to-target client configurations, by target group.
+    upstream_tls: HashMap<String, UpstreamTls>,
 }
 
 impl Ctx<'_> {
+    fn path(&self, p: &str) -> PathBuf {
+        match self.base_dir {
+            Some(base) if Path::new(p).is_relative() => base.join(p),
+            _ => PathBuf::from(p),
+        }
+    }
+
     fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
         let d = self.map.diag(span, Severity::Error, msg);
         self.diags.push(d);
@@ -60,14 +78,20 @@ impl Ctx<'_> {
 pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagnostics> {
     let map = SourceMap::new(input.name, input.text);
     let cfg = super::parse(&map, input.text)?;
-    let mut cx = Ctx { map, diags: Vec::new() };
+    let mut cx =
+        Ctx { map, diags: Vec::new(), base_dir: input.base_dir, certs: HashMap::new(), upstream_tls: HashMap::new() };
     validate(&mut cx, &cfg);
+    cx.diags.sort_by_key(|d| (d.line, d.col));
     if cx.diags.iter().any(|d| d.severity == Severity::Error) {
-        cx.diags.sort_by_key(|d| (d.line, d.col));
         return Err(Diagnostics(cx.diags));
     }
-    let snap = build(&cfg, &input);
-    Ok((snap, Diagnostics(cx.diags)))
+    match build(&cfg, &input, &cx) {
+        Ok(snap) => Ok((snap, Diagnostics(cx.diags))),
+        Err(e) => {
+            cx.err(0..0, e);
+            Err(Diagnostics(cx.diags))
+        }
+    }
 }
 
 fn not_yet(cx: &mut Ctx<'_>, span: Range<usize>, what: &str, issue: &str) {
@@ -91,9 +115,29 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     if let Some(v) = &cfg.cloudwatch {
         not_yet(cx, v.span(), "[cloudwatch]", "CloudWatch publishing");
     }
-    if let Some(v) = &cfg.certificates {
-        not_yet(cx, v.span(), "[[certificates]]", "TLS termination");
+    for c in &cfg.certificates {
+        let c = c.get_ref();
+        let name = c.name.get_ref();
+        if !valid_name(name) {
+            cx.err(c.name.span(), format!("bad certificate name {name:?}: use letters, digits, '-', '_' and '.'"));
+            continue;
+        }
+        if cx.certs.contains_key(name) {
+            cx.err(c.name.span(), format!("duplicate certificate name {name:?}"));
+            continue;
+        }
+        let (cert, key) = (cx.path(c.cert.get_ref()), cx.path(c.key.get_ref()));
+        match crate::tls::load(&cert, &key) {
+            Ok((loaded, warnings)) => {
+                for w in warnings {
+                    cx.warn(c.cert.span(), format!("certificate {name:?}: {w}"));
+                }
+                cx.certs.insert(name.clone(), loaded);
+            }
+            Err(e) => cx.err(c.cert.span(), format!("certificate {name:?}: {e}")),
+        }
     }
+    let cert_names: HashSet<&str> = cfg.certificates.iter().map(|c| c.get_ref().name.get_ref().as_str()).collect();
 
     // Target groups.
     let mut groups: HashSet<&str> = HashSet::new();
@@ -154,8 +198,45 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         if let Some(v) = &tg.autoscaling {
             not_yet(cx, v.span(), "[target_groups.autoscaling]", "autoscaling");
         }
-        if let Some(v) = &tg.tls {
-            not_yet(cx, v.span(), "tls to targets", "TLS");
+        if let Some(t) = &tg.tls {
+            let span = t.span();
+            let t = t.get_ref();
+            if t.enabled {
+                let ca = match &t.ca {
+                    Some(ca) => match crate::tls::load::load_ca_bundle(&cx.path(ca.get_ref())) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            cx.err(ca.span(), format!("target group {name:?}: {e}"));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let server_name = match &t.server_name {
+                    Some(sn) => match ServerName::try_from(sn.get_ref().clone()) {
+                        Ok(n) => Some(n),
+                        Err(_) => {
+                            cx.err(sn.span(), format!("bad server_name {:?}: a DNS name or IP address", sn.get_ref()));
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                if !t.verify {
+                    cx.warn(span.clone(), format!("target group {name:?}: verify = false: target certificates are not checked (encryption without authentication)"));
+                }
+                if t.ca.is_some() && !t.verify {
+                    cx.err(span.clone(), format!("target group {name:?}: ca is set but verify = false"));
+                }
+                if t.ca.is_none() || ca.is_some() {
+                    match upstream_config(tg.protocol, t.verify, ca, server_name) {
+                        Ok(c) => {
+                            cx.upstream_tls.insert(name.clone(), c);
+                        }
+                        Err(e) => cx.err(span, format!("target group {name:?}: {e}")),
+                    }
+                }
+            }
         }
     }
 
@@ -182,7 +263,37 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             ),
         }
         if *l.protocol.get_ref() == ListenerProtocol::Https {
-            not_yet(cx, l.protocol.span(), "protocol = \"https\"", "TLS termination");
+            match &l.certificates {
+                None => cx.err(l.name.span(), format!("https listener {name:?} needs certificates = [...]")),
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        cx.err(list.span(), format!("https listener {name:?} needs at least one certificate"));
+                    }
+                    for c in list.get_ref() {
+                        if !cert_names.contains(c.as_str()) {
+                            cx.err(list.span(), format!("listener {name:?} names unknown certificate {c:?}"));
+                        }
+                    }
+                    if let Some(d) = &l.default_certificate {
+                        if !list.get_ref().contains(d.get_ref()) {
+                            cx.err(
+                                d.span(),
+                                format!("default_certificate {:?} is not in the listener's certificates", d.get_ref()),
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some(alpn) = &l.alpn {
+                for p in alpn.get_ref() {
+                    if p != "h2" && p != "http/1.1" {
+                        cx.err(alpn.span(), format!("unsupported ALPN protocol {p:?}: \"h2\" or \"http/1.1\""));
+                    }
+                }
+                if alpn.get_ref().is_empty() {
+                    cx.err(alpn.span(), "alpn lists no protocol");
+                }
+            }
         }
         for (present, span, key) in [
             (l.certificates.as_ref().map(|c| c.span()), "certificates"),
@@ -313,6 +424,40 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     }
     if cfg.listeners.is_empty() {
         cx.warn(0..0, "no [[listeners]]: pilotfish will serve nothing but its admin API");
+    }
+    // A rule host on an https listener that no certificate covers gets the default certificate,
+    // which browsers reject: warn (check and reload both show it).
+    for r in &cfg.rules {
+        let r = r.get_ref();
+        let Some(hosts) = &r.host else { continue };
+        for l in r.listeners.get_ref() {
+            let Some(listener) = cfg.listeners.iter().map(|x| x.get_ref()).find(|x| x.name.get_ref() == l.get_ref())
+            else {
+                continue;
+            };
+            let Some(certs) =
+                listener.certificates.as_ref().filter(|_| *listener.protocol.get_ref() == ListenerProtocol::Https)
+            else {
+                continue;
+            };
+            let mut store = CertStore::default();
+            for c in certs.get_ref().iter().filter_map(|c| cx.certs.get(c)) {
+                store.add(c);
+            }
+            for h in hosts.get_ref() {
+                let h = h.to_ascii_lowercase();
+                let covered = if let Some(rest) = h.strip_prefix("*.") {
+                    store.covers(&format!("x.{rest}"))
+                } else if h.contains(['*', '?']) {
+                    true // other wildcard shapes cannot be checked name by name
+                } else {
+                    store.covers(&h)
+                };
+                if !covered {
+                    cx.warn(hosts.span(), format!("rule {:?}: host {h:?} is not covered by any certificate of https listener {:?}; clients will get the default certificate", r.name.get_ref(), l.get_ref()));
+                }
+            }
+        }
     }
     let used: HashSet<String> = cfg
         .rules
@@ -503,7 +648,7 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 // ---------------------------------------------------------------------------------------------
 // Building (input is valid here: every parse below was checked above).
 
-fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
+fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Snapshot, String> {
     let s = &cfg.server;
     let server = ServerSettings {
         worker_threads: s.worker_threads,
@@ -539,6 +684,7 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
                 settings.deregistration_delay = d.get_ref().0;
             }
             settings.health_check = tg.health_check.as_ref().map(|h| health(h.get_ref()));
+            settings.tls = cx.upstream_tls.get(tg.name.get_ref()).cloned().map(Arc::new);
             let specs: Vec<TargetSpec> = tg
                 .targets
                 .iter()
@@ -557,7 +703,7 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
     let listeners: Vec<Arc<ListenerConfig>> = cfg
         .listeners
         .iter()
-        .map(|l| {
+        .map(|l| -> Result<Arc<ListenerConfig>, String> {
             let l = l.get_ref();
             let lname: Arc<str> = l.name.get_ref().as_str().into();
             let mut rules = Vec::new();
@@ -592,19 +738,36 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>) -> Snapshot {
                     codes: metrics.requests(&lname, &"".into()),
                 }),
             };
-            Arc::new(ListenerConfig {
+            let tls = match (l.protocol.get_ref(), &l.certificates) {
+                (ListenerProtocol::Https, Some(list)) => {
+                    let names = list.get_ref();
+                    let default = l.default_certificate.as_ref().map_or(&names[0], |d| d.get_ref());
+                    let mut store = CertStore::new(&cx.certs[default]);
+                    for n in names {
+                        store.add(&cx.certs[n]);
+                    }
+                    let alpn = l
+                        .alpn
+                        .as_ref()
+                        .map_or_else(|| vec!["h2".to_string(), "http/1.1".to_string()], |a| a.get_ref().clone());
+                    Some(crate::tls::server_config(store, &alpn).map_err(|e| format!("listener {lname:?}: TLS: {e}"))?)
+                }
+                _ => None,
+            };
+            Ok(Arc::new(ListenerConfig {
                 name: lname.clone(),
                 bind: l.bind.get_ref().parse().expect("validated"),
                 protocol: *l.protocol.get_ref(),
                 router: Router::new(rules, default),
                 stats: metrics.listener(&lname),
                 own_codes: metrics.requests(&lname, &"".into()),
-            })
+                tls,
+            }))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
 
     let json = describe(cfg, input.generation);
-    Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json)
+    Ok(Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json))
 }
 
 fn health(h: &file::HealthCheck) -> HealthCheck {
@@ -725,6 +888,10 @@ fn describe(cfg: &FileConfig, generation: u64) -> serde_json::Value {
             "max_header_bytes": s.max_header_bytes.get_ref(),
             "max_connections": s.max_connections.get_ref(),
         },
+        "certificates": cfg.certificates.iter().map(|c| {
+            let c = c.get_ref();
+            json!({"name": c.name.get_ref(), "cert": c.cert.get_ref(), "key": c.key.get_ref()})
+        }).collect::<Vec<_>>(),
         "listeners": cfg.listeners.iter().map(|l| {
             let l = l.get_ref();
             json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": format!("{:?}", l.protocol.get_ref()).to_lowercase()})
@@ -777,7 +944,8 @@ mod tests {
 
     fn errors(text: &str) -> Vec<String> {
         let m = Metrics::default();
-        match compile(CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1 }) {
+        match compile(CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None })
+        {
             Ok(_) => vec![],
             Err(d) => d.0.iter().map(|e| e.to_string()).collect(),
         }

@@ -39,7 +39,8 @@ pub struct FileConfig {
     pub access_log: AccessLog,
     pub aws: Option<Spanned<toml::Value>>,
     pub cloudwatch: Option<Spanned<toml::Value>>,
-    pub certificates: Option<Spanned<Vec<toml::Value>>>,
+    #[serde(default)]
+    pub certificates: Vec<Spanned<Certificate>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<Listener>>,
     #[serde(default)]
@@ -243,7 +244,7 @@ pub struct TargetGroup {
     pub health_check: Option<Spanned<HealthCheck>>,
     pub discovery: Option<Spanned<toml::Value>>,
     pub autoscaling: Option<Spanned<toml::Value>>,
-    pub tls: Option<Spanned<toml::Value>>,
+    pub tls: Option<Spanned<UpstreamTls>>,
 }
 
 /// `port = "traffic-port"` or a number.
@@ -265,4 +266,29 @@ pub struct HealthCheck {
     pub healthy_threshold: Option<Spanned<u32>>,
     pub unhealthy_threshold: Option<Spanned<u32>>,
     pub matcher: Option<Spanned<String>>,
+}
+
+/// `[[certificates]]`: a PEM chain (leaf first) and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub name: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `tls = { enabled, verify, ca, server_name }` on a target group: HTTPS to targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "yes")]
+    pub verify: bool,
+    pub ca: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
 }

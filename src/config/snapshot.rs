@@ -100,6 +100,8 @@ pub struct ListenerConfig {
     pub stats: Arc<ListenerStats>,
     /// Responses the balancer gives before any rule applies (400, 408, …).
     pub own_codes: Arc<CodeCounters>,
+    /// TLS server configuration (https listeners).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The whole compiled configuration.

@@ -16,12 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use hyper_util::rt::TokioExecutor;
 
 use crate::balance::target::now_ms;
-use crate::balance::{CheckResult, HealthCheck, Reason, Target, TargetGroup, TargetState};
+use crate::balance::{CheckResult, GroupSettings, HealthCheck, Reason, Target, TargetGroup, TargetState};
 use crate::config::file::UpstreamProtocol;
+use crate::proxy::upstream;
 use crate::state::SharedState;
 
 const TICK: Duration = Duration::from_millis(20);
@@ -69,7 +69,7 @@ pub async fn run(state: Arc<SharedState>) {
 
 async fn check_one(state: Arc<SharedState>, group: Arc<TargetGroup>, target: Arc<Target>, hc: HealthCheck) {
     let addr = SocketAddr::new(target.addr.ip(), hc.port.unwrap_or(target.addr.port()));
-    let result = match tokio::time::timeout(hc.timeout, probe(addr, &hc.path, group.settings.protocol)).await {
+    let result = match tokio::time::timeout(hc.timeout, probe(addr, &hc.path, &group.settings)).await {
         Err(_) => CheckResult::Fail(Reason::Timeout),
         Ok(Err(reason)) => CheckResult::Fail(reason),
         Ok(Ok(status)) if hc.matches(status) => CheckResult::Pass,
@@ -89,19 +89,20 @@ async fn check_one(state: Arc<SharedState>, group: Arc<TargetGroup>, target: Arc
     }
 }
 
-/// One check: GET `path` on a new connection; returns the status.
-async fn probe(addr: SocketAddr, path: &str, protocol: UpstreamProtocol) -> Result<u16, Reason> {
-    let stream = TcpStream::connect(addr).await.map_err(|_| Reason::ConnectionFailed)?;
-    let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+/// One check: GET `path` on a new connection (TLS when the group uses it); returns the status.
+async fn probe(addr: SocketAddr, path: &str, settings: &GroupSettings) -> Result<u16, Reason> {
+    let io = upstream::open(addr, settings.tls.as_deref(), settings.connect_timeout)
+        .await
+        .map_err(|_| Reason::ConnectionFailed)?;
     let host = addr.to_string();
+    let scheme = if settings.tls.is_some() { "https" } else { "http" };
     let req = |uri: String| {
         Request::get(uri)
             .header(header::USER_AGENT, concat!("pilotfish-health-check/", env!("CARGO_PKG_VERSION")))
             .body(Empty::<Bytes>::new())
             .map_err(|_| Reason::FailedHealthChecks)
     };
-    let status = match protocol {
+    let status = match settings.protocol {
         UpstreamProtocol::Http1 => {
             let (mut tx, conn) =
                 hyper::client::conn::http1::handshake(io).await.map_err(|_| Reason::ConnectionFailed)?;
@@ -116,7 +117,7 @@ async fn probe(addr: SocketAddr, path: &str, protocol: UpstreamProtocol) -> Resu
                 .await
                 .map_err(|_| Reason::ConnectionFailed)?;
             tokio::spawn(conn);
-            tx.send_request(req(format!("http://{host}{path}"))?)
+            tx.send_request(req(format!("{scheme}://{host}{path}"))?)
                 .await
                 .map_err(|_| Reason::FailedHealthChecks)?
                 .status()

@@ -103,6 +103,7 @@ impl Control {
             previous: Some(&prev),
             metrics: &self.state.metrics,
             generation,
+            base_dir: self.config_path.as_deref().and_then(|p| p.parent()),
         });
         let (snap, warnings) = match compiled {
             Ok(x) => x,

@@ -14,6 +14,8 @@ pub enum ProxyError {
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("connecting to target {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("TLS with target {addr} failed: {source}")]
+    Tls { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with target {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("target {addr} failed before sending a response: {source}")]
@@ -31,6 +33,7 @@ impl ProxyError {
             ProxyError::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout(_)
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -44,22 +47,12 @@ impl ProxyError {
             ProxyError::NoTarget(_) => "no_target",
             ProxyError::Connect { .. } => "target_connect_failed",
             ProxyError::ConnectTimeout(_) => "target_connect_timeout",
+            ProxyError::Tls { .. } => "target_tls_failed",
             ProxyError::Handshake { .. } => "target_handshake_failed",
             ProxyError::Upstream { .. } => "target_reset",
             ProxyError::ResponseTimeout(_) => "target_response_timeout",
             ProxyError::BadRequest(r) => r,
         }
-    }
-
-    /// Whether the failure is the target's fault at the transport level (counts against it).
-    pub fn is_target_failure(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect { .. }
-                | ProxyError::ConnectTimeout(_)
-                | ProxyError::Handshake { .. }
-                | ProxyError::Upstream { .. }
-        )
     }
 
     /// The short text body sent to the client.

@@ -99,14 +99,47 @@ async fn serve_connection(state: Arc<SharedState>, name: Arc<str>, port: u16, st
     let stats = listener.stats.clone();
     stats.connections_total.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
+    match &listener.tls {
+        None => serve_http(state, &listener, &server, port, peer, stream, "http").await,
+        Some(tls) => {
+            // The handshake is bounded like a request head: a client that stalls it is cut.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+            match tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => serve_http(state, &listener, &server, port, peer, tls_stream, "https").await,
+                Ok(Err(e)) => {
+                    stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                    // rustls errors describe the failure, never the client's bytes.
+                    tracing::debug!(listener = %name, client = %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(listener = %name, client = %peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+}
 
+async fn serve_http<S>(
+    state: Arc<SharedState>,
+    listener: &Arc<crate::config::snapshot::ListenerConfig>,
+    server: &crate::config::snapshot::ServerSettings,
+    port: u16,
+    peer: SocketAddr,
+    stream: S,
+    proto: &'static str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let name = listener.name.clone();
     let shared = Arc::new(ConnShared::default());
     let io = TimedIo::new(stream, shared.clone(), server.idle_timeout, server.header_read_timeout);
     let timed_out = io.timed_out.clone();
     let ctx = Arc::new(ConnCtx {
         state: state.clone(),
         listener: name.clone(),
-        client: ClientInfo { addr: peer, proto: "http", listener_port: port },
+        client: ClientInfo { addr: peer, proto, listener_port: port },
         conn: shared,
     });
 
@@ -168,12 +201,11 @@ async fn serve_connection(state: Arc<SharedState>, name: Arc<str>, port: u16, st
             });
         }
     }
-    stats.active_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// A client TCP stream with the idle and header-read timeouts (see the module docs).
-pub struct TimedIo {
-    inner: TcpStream,
+/// A client stream (TCP or TLS) with the idle and header-read timeouts (see the module docs).
+pub struct TimedIo<S> {
+    inner: S,
     shared: Arc<ConnShared>,
     idle: Duration,
     header: Duration,
@@ -190,8 +222,8 @@ pub struct TimedIo {
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
 
-impl TimedIo {
-    fn new(inner: TcpStream, shared: Arc<ConnShared>, idle: Duration, header: Duration) -> Self {
+impl<S: AsyncWrite + Unpin> TimedIo<S> {
+    fn new(inner: S, shared: Arc<ConnShared>, idle: Duration, header: Duration) -> Self {
         let now = Instant::now();
         TimedIo {
             inner,
@@ -238,8 +270,9 @@ impl TimedIo {
             let deadline = head_deadline.map_or(idle_deadline, |h| h.min(idle_deadline));
             if Instant::now() >= deadline {
                 if head_deadline == Some(deadline) {
-                    // Best effort: the socket buffer is empty, the client is just slow.
-                    let _ = self.inner.try_write(TIMEOUT_408);
+                    // Best effort and non-blocking: the send buffer is empty, the client is just slow.
+                    let _ = Pin::new(&mut self.inner).poll_write(cx, TIMEOUT_408);
+                    let _ = Pin::new(&mut self.inner).poll_flush(cx);
                     self.timed_out.store(true, Ordering::Relaxed);
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head read timeout")));
                 }
@@ -256,7 +289,7 @@ impl TimedIo {
     }
 }
 
-impl AsyncRead for TimedIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
@@ -277,7 +310,7 @@ impl AsyncRead for TimedIo {
     }
 }
 
-impl AsyncWrite for TimedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedIo<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {

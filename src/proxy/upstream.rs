@@ -14,9 +14,12 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use rustls::pki_types::ServerName;
+
 use super::error::ProxyError;
 use crate::balance::GroupSettings;
 use crate::config::file::UpstreamProtocol;
+use crate::tls::client::UpstreamTls;
 
 /// The body type sent to targets: the client's body, or nothing (a replayed request).
 pub type UpBody = Either<Incoming, Empty<Bytes>>;
@@ -106,18 +109,36 @@ impl Pool {
     }
 }
 
-async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, ProxyError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => return Err(ProxyError::ConnectTimeout(addr)),
-        Ok(Err(source)) => return Err(ProxyError::Connect { addr, source }),
-        Ok(Ok(s)) => s,
+/// A byte stream to a target: plain TCP or TLS over it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Opens a connection to `addr`: TCP within `timeout`, then TLS when `tls` is set (the whole
+/// handshake within the same budget). Used for traffic and for health checks.
+pub async fn open(
+    addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+) -> Result<TokioIo<Box<dyn Io>>, ProxyError> {
+    let work = async {
+        let stream = TcpStream::connect(addr).await.map_err(|source| ProxyError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else { return Ok(Box::new(stream) as Box<dyn Io>) };
+        let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let s = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|source| ProxyError::Tls { addr, source })?;
+        Ok(Box::new(s) as Box<dyn Io>)
     };
-    let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    match tokio::time::timeout(timeout, work).await {
+        Err(_) => Err(ProxyError::ConnectTimeout(addr)),
+        Ok(r) => r.map(TokioIo::new),
+    }
 }
 
 async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<http1::SendRequest<UpBody>, ProxyError> {
-    let io = tcp(addr, settings.connect_timeout).await?;
+    let io = open(addr, settings.tls.as_deref(), settings.connect_timeout).await?;
     let (tx, conn) =
         http1::Builder::new().handshake(io).await.map_err(|source| ProxyError::Handshake { addr, source })?;
     tokio::spawn(async move {
@@ -129,7 +150,7 @@ async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<http1:
 }
 
 async fn connect_h2(addr: SocketAddr, settings: &GroupSettings) -> Result<http2::SendRequest<UpBody>, ProxyError> {
-    let io = tcp(addr, settings.connect_timeout).await?;
+    let io = open(addr, settings.tls.as_deref(), settings.connect_timeout).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))

@@ -91,6 +91,7 @@ impl CodeCounters {
 pub struct ListenerStats {
     pub active_connections: AtomicI64,
     pub connections_total: AtomicU64,
+    pub tls_handshake_errors: AtomicU64,
     pub request_duration: Histogram,
 }
 
@@ -177,6 +178,15 @@ impl Metrics {
                 "pilotfish_connections_total{{listener=\"{}\"}} {}",
                 esc(l),
                 s.connections_total.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP pilotfish_tls_handshake_errors_total Failed or timed-out TLS handshakes.\n# TYPE pilotfish_tls_handshake_errors_total counter\n");
+        for (l, s) in &ls {
+            let _ = writeln!(
+                out,
+                "pilotfish_tls_handshake_errors_total{{listener=\"{}\"}} {}",
+                esc(l),
+                s.tls_handshake_errors.load(Ordering::Relaxed)
             );
         }
         out.push_str("# HELP pilotfish_target_response_seconds Time from forwarding to the target's response head.\n# TYPE pilotfish_target_response_seconds histogram\n");

@@ -21,6 +21,8 @@ use pilotfish::server::{ConfigSource, Options, Server};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod tls;
+
 /// One request as a backend saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -49,6 +51,15 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &'static str) -> Backend {
+        Self::start_with(name, None).await
+    }
+
+    /// A backend that speaks TLS (with ALPN h2 and http/1.1).
+    pub async fn start_tls(name: &'static str, cert_pem: &str, key_pem: &str) -> Backend {
+        Self::start_with(name, Some(tls::acceptor(cert_pem, key_pem))).await
+    }
+
+    async fn start_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
@@ -70,6 +81,7 @@ impl Backend {
                 let s = s.clone();
                 let health = health.clone();
                 let mut stop = kill_rx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let s = s.clone();
@@ -114,7 +126,14 @@ impl Backend {
                         }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let io: Box<dyn pilotfish::proxy::upstream::Io> = match tls {
+                        None => Box::new(stream),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => Box::new(s),
+                            Err(_) => return,
+                        },
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
                     // Killing the backend drops its connections mid-request, like a crashed process.
                     tokio::select! {
                         _ = conn => {}

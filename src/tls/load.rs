@@ -1,0 +1,116 @@
+//! Loading a certificate and its key from PEM files (rustls-pki-types `PemObject`), and what
+//! the rest of pilotfish needs to know about it: the names it answers for (SAN DNS entries,
+//! the subject CN only when there is no SAN), its key type, and its validity.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The key algorithm of a certificate, for ALB's ECDSA-over-RSA preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Ecdsa,
+    Rsa,
+    Other,
+}
+
+/// A loaded, checked certificate.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// Lowercase DNS names it covers (`*.example.com` for wildcards).
+    pub names: Vec<String>,
+    pub kind: KeyKind,
+    pub not_after: SystemTime,
+}
+
+/// Certificates expiring sooner than this get a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Loads `cert` (PEM chain, leaf first) and `key` (PKCS#8, PKCS#1 or SEC1). Returns the
+/// certificate and warnings, or an error message naming the file at fault.
+pub fn load(cert: &Path, key: &Path) -> Result<(LoadedCert, Vec<String>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read certificate file {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in certificate file {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("no CERTIFICATE block in {}", cert.display()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => format!("no private key in {}", key.display()),
+        e => format!("cannot read private key file {}: {e}", key.display()),
+    })?;
+    let provider = super::provider();
+    let certified = CertifiedKey::from_der(chain.clone(), key_der, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => {
+            format!("private key {} does not match certificate {}", key.display(), cert.display())
+        }
+        e => format!("unusable private key {}: {e}", key.display()),
+    })?;
+    let kind = match certified.key.algorithm() {
+        rustls::SignatureAlgorithm::ECDSA => KeyKind::Ecdsa,
+        rustls::SignatureAlgorithm::RSA => KeyKind::Rsa,
+        _ => KeyKind::Other,
+    };
+    let (_, leaf) = X509Certificate::from_der(&chain[0])
+        .map_err(|e| format!("cannot parse certificate {}: {e}", cert.display()))?;
+    let mut names: Vec<String> = match leaf.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        names =
+            leaf.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase).collect();
+    }
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
+    let now = SystemTime::now();
+    if not_after <= now {
+        return Err(format!(
+            "certificate {} expired on {}",
+            cert.display(),
+            humantime::format_rfc3339_seconds(not_after)
+        ));
+    }
+    let mut warnings = Vec::new();
+    if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
+        warnings.push(format!(
+            "certificate {} expires on {} (in less than 14 days)",
+            cert.display(),
+            humantime::format_rfc3339_seconds(not_after)
+        ));
+    }
+    if names.is_empty() {
+        warnings.push(format!(
+            "certificate {} names no DNS name (no SAN, no CN): it can only be a default",
+            cert.display()
+        ));
+    }
+    Ok((LoadedCert { key: Arc::new(certified), names, kind, not_after }, warnings))
+}
+
+/// Loads every certificate of a PEM bundle (CA files for target verification).
+pub fn load_ca_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in CA file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no CERTIFICATE block in CA file {}", path.display()));
+    }
+    Ok(certs)
+}
