@@ -1,15 +1,25 @@
 # pilotfish: `make test` runs every test; `make lint` is what CI checks; `make bench` measures.
 CARGO ?= cargo
+PYTHON ?= python3
+# The AWS emulator the discovery tests start (moto 5.2.x; see ../shared/DESIGN.md).
 VENV ?= .venv
+MOTO := $(VENV)/bin/moto_server
 
-.PHONY: test lint bench build fmt clean-venv
+.PHONY: test lint bench build fmt venv
 
 build:
 	$(CARGO) build --release
 
-# Everything the tests need is installed here (the AWS emulator venv arrives with discovery).
-test:
-	$(CARGO) test --all-targets --no-fail-fast -- --test-threads=4
+# Installs what the tests need (a venv with moto[server] and boto3), then runs every test.
+test: $(MOTO)
+	PILOTFISH_VENV=$(abspath $(VENV)) $(CARGO) test --all-targets --no-fail-fast -- --test-threads=4
+
+venv: $(MOTO)
+
+$(MOTO):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<5.3'
+	@test -x $(MOTO)
 
 lint:
 	$(CARGO) fmt --all -- --check

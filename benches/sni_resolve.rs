@@ -28,8 +28,15 @@ fn bench(c: &mut Criterion) {
         }
         let exact = format!("site{}.example.com", (n - 2) / 2 * 2);
         let wild = format!("app.tenant{}.example.net", (n - 1) / 2 * 2 + 1);
-        for (case, sni) in [("exact", Some(exact.as_str())), ("wildcard", Some(wild.as_str())), ("default", Some("nothing.test")), ("no_sni", None)] {
-            g.bench_with_input(BenchmarkId::new(case, n), &sni, |b, sni| b.iter(|| black_box(store.lookup(black_box(*sni), true))));
+        for (case, sni) in [
+            ("exact", Some(exact.as_str())),
+            ("wildcard", Some(wild.as_str())),
+            ("default", Some("nothing.test")),
+            ("no_sni", None),
+        ] {
+            g.bench_with_input(BenchmarkId::new(case, n), &sni, |b, sni| {
+                b.iter(|| black_box(store.lookup(black_box(*sni), true)))
+            });
         }
     }
     g.finish();

@@ -161,7 +161,9 @@ impl Server {
                 .map(|g| g.targets().targets().iter().map(|t| u64::from(t.in_flight())).sum::<u64>())
                 .sum()
         };
-        while in_flight() > 0 && Instant::now() < deadline {
+        // Connections close themselves once their in-flight requests are done (set_draining told
+        // them); wait for that, within the budget.
+        while state.metrics.open_connections() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         let cut = in_flight();
@@ -208,6 +210,7 @@ async fn control_main(
     };
     tokio::spawn(admin::serve(admin, control.clone()));
     tokio::spawn(crate::control::health::run(control.state.clone()));
+    tokio::spawn(crate::control::discovery::supervise(control.state.clone()));
     if signals {
         tokio::spawn(signal_loop(control.clone(), shutdown_tx));
     }

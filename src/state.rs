@@ -23,6 +23,21 @@ pub struct SharedState {
     pub connection_permits: Arc<Semaphore>,
     ready: AtomicBool,
     draining: AtomicBool,
+    /// Turns true when shutdown starts: every connection then closes gracefully.
+    drain: tokio::sync::watch::Sender<bool>,
+    /// The generation of the published snapshot, for control tasks that follow reloads.
+    generation: tokio::sync::watch::Sender<u64>,
+    /// Per discovered target group: what the last refresh found and when (control plane writes).
+    pub discovery: dashmap::DashMap<Arc<str>, DiscoveryStatus>,
+}
+
+/// The state of one target group's discovery, for `/targets` and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryStatus {
+    /// Unix milliseconds of the last successful refresh.
+    pub last_refresh_unix_ms: Option<u64>,
+    /// The error of the current failure streak, if failing.
+    pub last_error: Option<String>,
 }
 
 impl SharedState {
@@ -36,6 +51,9 @@ impl SharedState {
             access_log,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            drain: tokio::sync::watch::channel(false).0,
+            generation: tokio::sync::watch::channel(0).0,
+            discovery: dashmap::DashMap::new(),
         }
     }
 
@@ -47,8 +65,15 @@ impl SharedState {
 
     /// Publishes a new snapshot (control plane only).
     pub fn publish(&self, snap: Snapshot) {
-        self.metrics.generation.store(snap.generation, Ordering::Relaxed);
+        let generation = snap.generation;
+        self.metrics.generation.store(generation, Ordering::Relaxed);
         self.snapshot.store(Arc::new(snap));
+        self.generation.send_replace(generation);
+    }
+
+    /// A receiver that changes whenever a new snapshot is published.
+    pub fn generation_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Whether every listener is bound and the process is not draining.
@@ -61,9 +86,16 @@ impl SharedState {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// Marks the process as shutting down (`/readyz` turns 503).
+    /// Marks the process as shutting down: `/readyz` turns 503 and every open connection is told
+    /// to finish its in-flight requests and close (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY).
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain.send_replace(true);
+    }
+
+    /// A receiver that turns true when shutdown starts.
+    pub fn drain_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.drain.subscribe()
     }
 
     /// Whether shutdown has begun.

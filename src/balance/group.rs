@@ -62,6 +62,15 @@ impl TargetSet {
         &self.cumulative
     }
 
+    /// The registered (not draining) targets as specs.
+    pub fn registered_specs(&self) -> Vec<TargetSpec> {
+        self.targets
+            .iter()
+            .filter(|t| !matches!(t.state(), TargetState::Draining | TargetState::Unused))
+            .map(|t| TargetSpec { addr: t.addr, weight: t.weight() })
+            .collect()
+    }
+
     /// The target at `addr`, if present.
     pub fn find(&self, addr: SocketAddr) -> Option<&Arc<Target>> {
         self.targets.iter().find(|t| t.addr == addr)

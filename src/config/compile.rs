@@ -100,6 +100,14 @@ fn not_yet(cx: &mut Ctx<'_>, span: Range<usize>, what: &str, issue: &str) {
 
 fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     let s = &cfg.server;
+    if let Ok(a) = s.admin_bind.get_ref().parse::<SocketAddr>() {
+        if !a.ip().is_loopback() && !s.admin_public {
+            cx.err(
+                s.admin_bind.span(),
+                format!("admin_bind {a} is not a loopback address: the admin API has no authentication; set admin_public = true to allow it"),
+            );
+        }
+    }
     if s.admin_bind.get_ref().parse::<SocketAddr>().is_err() {
         cx.err(s.admin_bind.span(), format!("bad admin_bind address {:?}: expected IP:PORT", s.admin_bind.get_ref()));
     }
@@ -109,8 +117,23 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     if *s.max_connections.get_ref() == 0 {
         cx.err(s.max_connections.span(), "max_connections must be at least 1");
     }
-    if let Some(v) = &cfg.aws {
-        not_yet(cx, v.span(), "[aws]", "AWS discovery");
+    if let Some(aws) = &cfg.aws {
+        if let Some(u) = &aws.get_ref().endpoint_url {
+            if u.get_ref().parse::<http::Uri>().ok().filter(|u| u.scheme().is_some() && u.host().is_some()).is_none() {
+                cx.err(
+                    u.span(),
+                    format!("bad endpoint_url {:?}: expected e.g. \"http://127.0.0.1:5000\"", u.get_ref()),
+                );
+            }
+        }
+    }
+    let uses_aws = cfg.target_groups.iter().any(|t| t.get_ref().discovery.is_some());
+    if uses_aws
+        && cfg.aws.as_ref().and_then(|a| a.get_ref().region.as_ref()).is_none()
+        && std::env::var_os("AWS_REGION").is_none()
+        && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        cx.warn(0..0, "discovery uses AWS but no region is set ([aws] region, or AWS_REGION); the SDK's chain (profile, IMDS) must provide one");
     }
     if let Some(v) = &cfg.cloudwatch {
         not_yet(cx, v.span(), "[cloudwatch]", "CloudWatch publishing");
@@ -192,8 +215,34 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         if let Some(hc) = &tg.health_check {
             check_health(cx, hc.get_ref());
         }
-        if let Some(v) = &tg.discovery {
-            not_yet(cx, v.span(), "[target_groups.discovery]", "service discovery");
+        if let Some(d) = &tg.discovery {
+            let dv = d.get_ref();
+            match (&dv.cloud_map, &dv.ecs) {
+                (Some(_), Some(_)) | (None, None) => {
+                    cx.err(d.span(), format!("target group {name:?}: discovery needs exactly one of cloud_map or ecs"))
+                }
+                (Some(cm), None) => {
+                    if let Some(h) = &cm.get_ref().health_status {
+                        if !["HEALTHY", "UNHEALTHY", "ALL", "HEALTHY_OR_ELSE_ALL"].contains(&h.get_ref().as_str()) {
+                            cx.err(h.span(), "health_status must be HEALTHY, UNHEALTHY, ALL or HEALTHY_OR_ELSE_ALL");
+                        }
+                    }
+                    if cm.get_ref().refresh.is_some_and(|r| r.0 < Duration::from_millis(100)) {
+                        cx.err(cm.span(), "cloud_map refresh must be at least 100ms");
+                    }
+                }
+                (None, Some(ecs)) => {
+                    if *ecs.get_ref().container_port.get_ref() == 0 {
+                        cx.err(ecs.get_ref().container_port.span(), "container_port must be 1..=65535");
+                    }
+                    if ecs.get_ref().refresh.is_some_and(|r| r.0 < Duration::from_millis(100)) {
+                        cx.err(ecs.span(), "ecs refresh must be at least 100ms");
+                    }
+                }
+            }
+            if !tg.targets.is_empty() {
+                cx.err(d.span(), format!("target group {name:?}: use either targets or discovery, not both"));
+            }
         }
         if let Some(v) = &tg.autoscaling {
             not_yet(cx, v.span(), "[target_groups.autoscaling]", "autoscaling");
@@ -474,7 +523,7 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                 format!("target group {:?} is not used by any rule or default action", tg.name.get_ref()),
             );
         }
-        if tg.targets.is_empty() {
+        if tg.targets.is_empty() && tg.discovery.is_none() {
             cx.warn(
                 tg.name.span(),
                 format!("target group {:?} has no targets: requests to it get 503", tg.name.get_ref()),
@@ -685,17 +734,21 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
             }
             settings.health_check = tg.health_check.as_ref().map(|h| health(h.get_ref()));
             settings.tls = cx.upstream_tls.get(tg.name.get_ref()).cloned().map(Arc::new);
-            let specs: Vec<TargetSpec> = tg
-                .targets
-                .iter()
-                .map(|t| match t.get_ref() {
-                    TargetEntry::Addr(a) => TargetSpec { addr: a.parse().expect("validated"), weight: 100 },
-                    TargetEntry::Weighted { address, weight } => {
-                        TargetSpec { addr: address.parse().expect("validated"), weight: *weight }
-                    }
-                })
-                .collect();
             let prev = input.previous.and_then(|p| p.target_group(&name));
+            // Discovered groups keep what discovery last found; the discovery loop updates them.
+            let specs: Vec<TargetSpec> = if tg.discovery.is_some() {
+                prev.map(|g| g.targets().registered_specs()).unwrap_or_default()
+            } else {
+                tg.targets
+                    .iter()
+                    .map(|t| match t.get_ref() {
+                        TargetEntry::Addr(a) => TargetSpec { addr: a.parse().expect("validated"), weight: 100 },
+                        TargetEntry::Weighted { address, weight } => {
+                            TargetSpec { addr: address.parse().expect("validated"), weight: *weight }
+                        }
+                    })
+                    .collect()
+            };
             (tg.name.get_ref().as_str(), Arc::new(TargetGroup::new(name, settings, &specs, prev.map(|g| &**g))))
         })
         .collect();
@@ -767,7 +820,52 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
         .collect::<Result<_, _>>()?;
 
     let json = describe(cfg, input.generation);
-    Ok(Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json))
+    let mut snap =
+        Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json);
+    snap.aws = cfg
+        .aws
+        .as_ref()
+        .map(|a| AwsSettings {
+            region: a.get_ref().region.clone(),
+            endpoint_url: a.get_ref().endpoint_url.as_ref().map(|u| u.get_ref().clone()),
+        })
+        .unwrap_or_default();
+    snap.discovery = cfg
+        .target_groups
+        .iter()
+        .filter_map(|tg| {
+            let tg = tg.get_ref();
+            let d = tg.discovery.as_ref()?.get_ref();
+            let spec = match (&d.cloud_map, &d.ecs) {
+                (Some(cm), _) => {
+                    let cm = cm.get_ref();
+                    DiscoverySpec::CloudMap {
+                        namespace: cm.namespace.clone(),
+                        service: cm.service.clone(),
+                        health_status: cm
+                            .health_status
+                            .as_ref()
+                            .map_or_else(|| "HEALTHY".to_string(), |h| h.get_ref().clone()),
+                        port: cm.port,
+                        refresh: cm.refresh.map_or(Duration::from_secs(10), |r| r.0),
+                    }
+                }
+                (None, Some(e)) => {
+                    let e = e.get_ref();
+                    DiscoverySpec::Ecs {
+                        cluster: e.cluster.clone(),
+                        service: e.service.clone(),
+                        container_name: e.container_name.clone(),
+                        container_port: *e.container_port.get_ref(),
+                        refresh: e.refresh.map_or(Duration::from_secs(15), |r| r.0),
+                    }
+                }
+                (None, None) => return None,
+            };
+            Some((Arc::from(tg.name.get_ref().as_str()), spec))
+        })
+        .collect();
+    Ok(snap)
 }
 
 fn health(h: &file::HealthCheck) -> HealthCheck {

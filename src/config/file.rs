@@ -37,7 +37,7 @@ pub struct FileConfig {
     pub server: Server,
     #[serde(default)]
     pub access_log: AccessLog,
-    pub aws: Option<Spanned<toml::Value>>,
+    pub aws: Option<Spanned<Aws>>,
     pub cloudwatch: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub certificates: Vec<Spanned<Certificate>>,
@@ -55,6 +55,8 @@ pub struct FileConfig {
 pub struct Server {
     pub worker_threads: usize,
     pub admin_bind: Spanned<String>,
+    /// Allow a non-loopback `admin_bind` (the admin API has no authentication).
+    pub admin_public: bool,
     pub shutdown_drain: Dur,
     pub idle_timeout: Dur,
     pub header_read_timeout: Dur,
@@ -67,6 +69,7 @@ impl Default for Server {
         Server {
             worker_threads: 0,
             admin_bind: Spanned::new(0..0, "127.0.0.1:9901".into()),
+            admin_public: false,
             shutdown_drain: Dur(Duration::from_secs(25)),
             idle_timeout: Dur(Duration::from_secs(60)),
             header_read_timeout: Dur(Duration::from_secs(10)),
@@ -242,7 +245,7 @@ pub struct TargetGroup {
     #[serde(default)]
     pub targets: Vec<Spanned<TargetEntry>>,
     pub health_check: Option<Spanned<HealthCheck>>,
-    pub discovery: Option<Spanned<toml::Value>>,
+    pub discovery: Option<Spanned<Discovery>>,
     pub autoscaling: Option<Spanned<toml::Value>>,
     pub tls: Option<Spanned<UpstreamTls>>,
 }
@@ -291,4 +294,44 @@ pub struct UpstreamTls {
 
 fn yes() -> bool {
     true
+}
+
+/// `[aws]`: where the control thread's AWS calls go. Credentials come from the standard chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aws {
+    pub region: Option<String>,
+    pub endpoint_url: Option<Spanned<String>>,
+}
+
+/// `[target_groups.discovery]`: exactly one source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    pub cloud_map: Option<Spanned<CloudMap>>,
+    pub ecs: Option<Spanned<Ecs>>,
+}
+
+/// `cloud_map = { namespace, service, refresh, health_status, port }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudMap {
+    pub namespace: String,
+    pub service: String,
+    pub refresh: Option<Dur>,
+    /// HEALTHY (default) | UNHEALTHY | ALL | HEALTHY_OR_ELSE_ALL
+    pub health_status: Option<Spanned<String>>,
+    /// Overrides the instances' AWS_INSTANCE_PORT.
+    pub port: Option<u16>,
+}
+
+/// `ecs = { cluster, service, container_name, container_port, refresh }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ecs {
+    pub cluster: String,
+    pub service: String,
+    pub container_name: Option<String>,
+    pub container_port: Spanned<u16>,
+    pub refresh: Option<Dur>,
 }

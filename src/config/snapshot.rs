@@ -104,6 +104,37 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// `[aws]` settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+/// Where a target group's targets come from when not static.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySpec {
+    CloudMap { namespace: String, service: String, health_status: String, port: Option<u16>, refresh: Duration },
+    Ecs { cluster: String, service: String, container_name: Option<String>, container_port: u16, refresh: Duration },
+}
+
+impl DiscoverySpec {
+    /// `cloud_map` or `ecs`, as `/targets` shows it.
+    pub fn source(&self) -> &'static str {
+        match self {
+            DiscoverySpec::CloudMap { .. } => "cloud_map",
+            DiscoverySpec::Ecs { .. } => "ecs",
+        }
+    }
+
+    /// How often the source is asked.
+    pub fn refresh(&self) -> Duration {
+        match self {
+            DiscoverySpec::CloudMap { refresh, .. } | DiscoverySpec::Ecs { refresh, .. } => *refresh,
+        }
+    }
+}
+
 /// The whole compiled configuration.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -113,6 +144,9 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerConfig>>,
     listener_index: FxHashMap<Arc<str>, usize>,
     pub target_groups: Vec<Arc<TargetGroup>>,
+    /// Discovered target groups and their sources.
+    pub discovery: Vec<(Arc<str>, DiscoverySpec)>,
+    pub aws: AwsSettings,
     /// The active configuration for `GET /config` (paths, never key contents).
     pub json: serde_json::Value,
 }
@@ -128,7 +162,22 @@ impl Snapshot {
         json: serde_json::Value,
     ) -> Self {
         let listener_index = listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i)).collect();
-        Snapshot { generation, server, access_log, listeners, listener_index, target_groups, json }
+        Snapshot {
+            generation,
+            server,
+            access_log,
+            listeners,
+            listener_index,
+            target_groups,
+            discovery: Vec::new(),
+            aws: AwsSettings::default(),
+            json,
+        }
+    }
+
+    /// The discovery source of group `name`, if it is discovered.
+    pub fn discovery_of(&self, name: &str) -> Option<&DiscoverySpec> {
+        self.discovery.iter().find(|(g, _)| &**g == name).map(|(_, d)| d)
     }
 
     /// The listener called `name`.

@@ -30,6 +30,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::forward::ClientInfo;
 use super::service::{handle, ConnCtx, ConnShared};
+use crate::config::snapshot::ServerSettings;
 use crate::state::SharedState;
 use crate::telemetry::access_log::Record;
 
@@ -76,8 +77,9 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 let state = state.clone();
                 let name = name.clone();
+                let stop = stop.clone();
                 tokio::spawn(async move {
-                    serve_connection(state, name, port, stream, peer).await;
+                    serve_connection(state, name, port, stream, peer, stop).await;
                     drop(permit);
                 });
             }
@@ -90,7 +92,14 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_connection(state: Arc<SharedState>, name: Arc<str>, port: u16, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(
+    state: Arc<SharedState>,
+    name: Arc<str>,
+    port: u16,
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let snap = state.load();
     let Some(listener) = snap.listener(&name).cloned() else { return };
@@ -99,13 +108,22 @@ async fn serve_connection(state: Arc<SharedState>, name: Arc<str>, port: u16, st
     let stats = listener.stats.clone();
     stats.connections_total.fetch_add(1, Ordering::Relaxed);
     stats.active_connections.fetch_add(1, Ordering::Relaxed);
+    let ctx = |proto| {
+        Arc::new(ConnCtx {
+            state: state.clone(),
+            listener: name.clone(),
+            accepted_with: listener.clone(),
+            client: ClientInfo { addr: peer, proto, listener_port: port },
+            conn: Arc::new(ConnShared::default()),
+        })
+    };
     match &listener.tls {
-        None => serve_http(state, &listener, &server, port, peer, stream, "http").await,
+        None => serve_http(ctx("http"), &server, stream, stop).await,
         Some(tls) => {
             // The handshake is bounded like a request head: a client that stalls it is cut.
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
             match tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(state, &listener, &server, port, peer, tls_stream, "https").await,
+                Ok(Ok(tls_stream)) => serve_http(ctx("https"), &server, tls_stream, stop).await,
                 Ok(Err(e)) => {
                     stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
                     // rustls errors describe the failure, never the client's bytes.
@@ -121,27 +139,15 @@ async fn serve_connection(state: Arc<SharedState>, name: Arc<str>, port: u16, st
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn serve_http<S>(
-    state: Arc<SharedState>,
-    listener: &Arc<crate::config::snapshot::ListenerConfig>,
-    server: &crate::config::snapshot::ServerSettings,
-    port: u16,
-    peer: SocketAddr,
-    stream: S,
-    proto: &'static str,
-) where
+/// Serves HTTP/1.1 or HTTP/2 on an accepted (and, for https, decrypted) client stream.
+async fn serve_http<S>(ctx: Arc<ConnCtx>, server: &ServerSettings, stream: S, mut stop: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let name = listener.name.clone();
-    let shared = Arc::new(ConnShared::default());
-    let io = TimedIo::new(stream, shared.clone(), server.idle_timeout, server.header_read_timeout);
+    let (state, name, listener, peer) =
+        (ctx.state.clone(), ctx.listener.clone(), ctx.accepted_with.clone(), ctx.client.addr);
+    let io = TimedIo::new(stream, ctx.conn.clone(), server.idle_timeout, server.header_read_timeout);
     let timed_out = io.timed_out.clone();
-    let ctx = Arc::new(ConnCtx {
-        state: state.clone(),
-        listener: name.clone(),
-        client: ClientInfo { addr: peer, proto, listener_port: port },
-        conn: shared,
-    });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -158,7 +164,19 @@ async fn serve_http<S>(
         .max_pending_accept_reset_streams(100)
         .max_local_error_reset_streams(100);
     let svc = service_fn(move |req| handle(ctx.clone(), req));
-    let result = builder.serve_connection(TokioIo::new(io), svc).await;
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // Shutdown, or a reload that removed or re-bound this listener: finish what is in flight,
+    // then close (idle HTTP/1.1 connections at once, busy ones after their response with
+    // `Connection: close`; HTTP/2 with GOAWAY).
+    let mut drain = state.drain_signal();
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { tokio::select! { _ = drain.wait_for(|d| *d) => {}, _ = stop.wait_for(|s| *s) => {} } } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
 
     let code = if timed_out.load(Ordering::Relaxed) {
         Some(408)

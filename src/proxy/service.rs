@@ -40,6 +40,8 @@ impl Drop for ActiveGuard<'_> {
 pub struct ConnCtx {
     pub state: Arc<SharedState>,
     pub listener: Arc<str>,
+    /// The listener's configuration when the connection was accepted.
+    pub accepted_with: Arc<crate::config::snapshot::ListenerConfig>,
     pub client: ClientInfo,
     pub conn: Arc<ConnShared>,
 }
@@ -55,12 +57,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     let _active = ActiveGuard(&ctx.conn);
 
     let snap = ctx.state.load();
-    let Some(listener) = snap.listener(&ctx.listener) else {
-        // The listener was removed by a reload while this connection was open.
-        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable: listener removed\n");
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(r);
-    };
+    // A reload that removed this connection's listener leaves it draining on the configuration it
+    // was accepted with (the connection is closing; see `listener::serve_http`).
+    let listener = snap.listener(&ctx.listener).unwrap_or(&ctx.accepted_with);
     let log = ctx.state.access_log.as_ref().filter(|_| snap.access_log == crate::config::file::AccessLogFormat::Json);
     let logged = log.map(|_| LogHead::of(&req));
 

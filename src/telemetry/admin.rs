@@ -50,7 +50,21 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
             if state.is_ready() {
-                reply(StatusCode::OK, "text/plain", "ready\n")
+                // Ready even with empty discovered groups (they answer 503 until targets arrive),
+                // but say which, so an operator sees why.
+                let snap = state.load();
+                let empty: Vec<&str> = snap
+                    .discovery
+                    .iter()
+                    .filter(|(g, _)| snap.target_group(g).is_some_and(|g| g.targets().registered_specs().is_empty()))
+                    .map(|(g, _)| &**g)
+                    .collect();
+                let body = if empty.is_empty() {
+                    "ready\n".to_string()
+                } else {
+                    format!("ready; empty target groups: {}\n", empty.join(", "))
+                };
+                reply(StatusCode::OK, "text/plain", body)
             } else if state.is_draining() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
             } else {
@@ -91,8 +105,13 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 .iter()
                 .map(|g| {
                     let set = g.targets();
+                    let source = snap.discovery_of(&g.name).map_or("static", |d| d.source());
+                    let status = state.discovery.get(&g.name).map(|s| s.clone()).unwrap_or_default();
                     json!({
                         "name": &*g.name,
+                        "source": source,
+                        "last_refresh": status.last_refresh_unix_ms.map(|ms| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()),
+                        "discovery_error": status.last_error,
                         "fail_open": g.is_fail_open(),
                         "targets": set.targets().iter().map(|t| {
                             let last = t.last_check();
@@ -103,7 +122,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                                 "in_flight": t.in_flight(),
                                 "slow_start_share": t.slow_start_factor(g.settings.slow_start, crate::balance::target::now_ms()),
                                 "weight": t.weight(),
-                                "source": "static",
+                                "source": source,
                                 "last_check": last.map(|(_, r)| r),
                                 "last_check_time": last.map(|(ms, _)| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()),
                                 "idle_connections": t.pool.idle_len(),

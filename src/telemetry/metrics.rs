@@ -102,6 +102,7 @@ pub struct Metrics {
     requests: DashMap<(Arc<str>, Arc<str>), Arc<CodeCounters>>,
     target_response: DashMap<Arc<str>, Arc<Histogram>>,
     health_checks: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
+    discovery_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
     pub reloads_success: AtomicU64,
     pub reloads_failure: AtomicU64,
     pub generation: AtomicU64,
@@ -112,6 +113,11 @@ impl Metrics {
     /// The stats of listener `name` (created on first use; kept across reloads).
     pub fn listener(&self, name: &Arc<str>) -> Arc<ListenerStats> {
         self.listeners.entry(name.clone()).or_default().clone()
+    }
+
+    /// Client connections open on every listener.
+    pub fn open_connections(&self) -> i64 {
+        self.listeners.iter().map(|l| l.active_connections.load(Ordering::Relaxed)).sum()
     }
 
     /// Response counters for `listener` × `target_group` ("" when no group answered).
@@ -127,6 +133,11 @@ impl Metrics {
     /// Counts one active health check of `target_group` ("pass" or "fail"; control plane).
     pub fn health_check(&self, target_group: &Arc<str>, result: &'static str) {
         self.health_checks.entry((target_group.clone(), result)).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed discovery refresh of `target_group` (control plane).
+    pub fn discovery_error(&self, target_group: &Arc<str>) {
+        self.discovery_errors.entry(target_group.clone()).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders everything in the Prometheus text format (0.0.4).
@@ -217,6 +228,13 @@ impl Metrics {
         for ((tg, result), n) in hc {
             let _ =
                 writeln!(out, "pilotfish_health_checks_total{{target_group=\"{}\",result=\"{result}\"}} {n}", esc(&tg));
+        }
+        out.push_str("# HELP pilotfish_discovery_errors_total Failed discovery refreshes (the last known targets keep serving).\n# TYPE pilotfish_discovery_errors_total counter\n");
+        let mut de: Vec<_> =
+            self.discovery_errors.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+        de.sort();
+        for (tg, n) in de {
+            let _ = writeln!(out, "pilotfish_discovery_errors_total{{target_group=\"{}\"}} {n}", esc(&tg));
         }
         extra(&mut out);
         out

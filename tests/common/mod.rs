@@ -21,6 +21,7 @@ use pilotfish::server::{ConfigSource, Options, Server};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub mod aws;
 pub mod tls;
 
 /// One request as a backend saw it.

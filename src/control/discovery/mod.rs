@@ -1,0 +1,217 @@
+//! Service discovery on the control thread: one loop per discovered target group, asking AWS
+//! Cloud Map ([`cloud_map`]) or ECS ([`ecs`]) every `refresh`, and applying the answer as a diff
+//! through [`TargetGroup::update`](crate::balance::TargetGroup::update) (unchanged targets keep
+//! their state; removed ones drain; an identical answer publishes nothing).
+//!
+//! Faults never empty a group: an API error, throttling or timeout keeps the last known targets,
+//! is counted (`pilotfish_discovery_errors_total`), logged once per failure streak with the AWS
+//! operation and error code, and retried with capped exponential backoff and jitter. The
+//! supervisor follows reloads: loops start, stop or restart when a group's source changes.
+
+pub mod cloud_map;
+pub mod ecs;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_smithy_runtime_api::client::endpoint::EndpointPrefix;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use tokio::task::JoinHandle;
+
+use crate::balance::TargetSpec;
+use crate::config::snapshot::{AwsSettings, DiscoverySpec};
+use crate::state::{DiscoveryStatus, SharedState};
+
+/// A failed call to AWS, described for operators.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation} failed: {code}: {message}")]
+pub struct DiscoveryError {
+    /// The AWS operation (`DiscoverInstances`, `ListTasks`, …).
+    pub operation: &'static str,
+    /// The AWS error code, or the transport failure's kind.
+    pub code: String,
+    pub message: String,
+}
+
+impl DiscoveryError {
+    /// Describes an SDK error of `operation`.
+    pub fn sdk<E, R>(operation: &'static str, e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self
+    where
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        use aws_smithy_runtime_api::client::result::SdkError;
+        let (code, message) = match &e {
+            SdkError::ServiceError(s) => (
+                s.err().code().unwrap_or("ServiceError").to_string(),
+                s.err().message().map_or_else(|| s.err().to_string(), str::to_string),
+            ),
+            SdkError::TimeoutError(_) => ("Timeout".into(), "the call timed out".into()),
+            SdkError::DispatchFailure(d) => ("DispatchFailure".into(), format!("{d:?}").chars().take(300).collect()),
+            other => ("SdkError".into(), other.to_string()),
+        };
+        DiscoveryError { operation, code, message }
+    }
+}
+
+/// The SDK configuration from `[aws]`: region, endpoint override, the standard credential chain.
+pub async fn sdk_config(aws: &AwsSettings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
+        aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(10)).build(),
+    );
+    if let Some(r) = &aws.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    if let Some(u) = &aws.endpoint_url {
+        loader = loader.endpoint_url(u.clone());
+    }
+    loader.load().await
+}
+
+/// Cloud Map's DiscoverInstances goes to `data-<endpoint host>`; with a custom `endpoint_url`
+/// (a VPC endpoint, an emulator) that host does not exist, so the prefix is dropped. Real AWS
+/// endpoints keep it (this interceptor is only installed with `endpoint_url`).
+#[derive(Debug)]
+pub struct NoHostPrefix;
+
+impl Intercept for NoHostPrefix {
+    fn name(&self) -> &'static str {
+        "pilotfish::NoHostPrefix"
+    }
+
+    fn modify_before_retry_loop(
+        &self,
+        _ctx: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        cfg.interceptor_state().unset::<EndpointPrefix>();
+        Ok(())
+    }
+}
+
+/// A source of targets.
+enum Source {
+    CloudMap(cloud_map::CloudMap),
+    Ecs(ecs::Ecs),
+}
+
+impl Source {
+    async fn fetch(&self) -> Result<Vec<TargetSpec>, DiscoveryError> {
+        match self {
+            Source::CloudMap(c) => c.fetch().await,
+            Source::Ecs(e) => e.fetch().await,
+        }
+    }
+}
+
+/// Starts, stops and restarts discovery loops as snapshots change. Runs until the control
+/// runtime stops.
+pub async fn supervise(state: Arc<SharedState>) {
+    let mut generation = state.generation_watch();
+    let mut running: HashMap<Arc<str>, (DiscoverySpec, AwsSettings, JoinHandle<()>)> = HashMap::new();
+    loop {
+        let snap = state.load();
+        running.retain(|name, (spec, aws, task)| {
+            let keep = snap.discovery_of(name) == Some(spec) && &snap.aws == aws;
+            if !keep {
+                task.abort();
+                state.discovery.remove(name);
+            }
+            keep
+        });
+        for (name, spec) in &snap.discovery {
+            if !running.contains_key(name) {
+                let task = tokio::spawn(run(state.clone(), name.clone(), spec.clone(), snap.aws.clone()));
+                running.insert(name.clone(), (spec.clone(), snap.aws.clone(), task));
+            }
+        }
+        if generation.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Backoff after `failures` consecutive errors: doubling from `refresh`, capped, full jitter in
+/// the upper half so replicas do not retry in lockstep.
+pub fn backoff(refresh: Duration, failures: u32) -> Duration {
+    let cap = (refresh * 16).clamp(Duration::from_secs(5), Duration::from_secs(300));
+    let d = refresh.saturating_mul(1 << failures.min(16)).min(cap);
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+async fn run(state: Arc<SharedState>, group: Arc<str>, spec: DiscoverySpec, aws: AwsSettings) {
+    let sdk = sdk_config(&aws).await;
+    let custom_endpoint = aws.endpoint_url.is_some();
+    let source = match &spec {
+        DiscoverySpec::CloudMap { namespace, service, health_status, port, .. } => {
+            Source::CloudMap(cloud_map::CloudMap::new(
+                &sdk,
+                custom_endpoint,
+                namespace.clone(),
+                service.clone(),
+                health_status.clone(),
+                *port,
+            ))
+        }
+        DiscoverySpec::Ecs { cluster, service, container_name, container_port, .. } => {
+            Source::Ecs(ecs::Ecs::new(&sdk, cluster.clone(), service.clone(), container_name.clone(), *container_port))
+        }
+    };
+    state.discovery.insert(group.clone(), DiscoveryStatus::default());
+    let refresh = spec.refresh();
+    let mut failures = 0u32;
+    loop {
+        match source.fetch().await {
+            Ok(specs) => {
+                if failures > 0 {
+                    tracing::info!(target_group = %group, after = failures, "discovery recovered");
+                }
+                failures = 0;
+                // The group of the snapshot published now (reloads replace group objects).
+                if let Some(g) = state.load().target_group(&group) {
+                    if g.update(&specs) {
+                        tracing::info!(target_group = %group, source = spec.source(), targets = specs.len(), "discovered targets changed");
+                    }
+                }
+                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                state
+                    .discovery
+                    .insert(group.clone(), DiscoveryStatus { last_refresh_unix_ms: Some(now), last_error: None });
+                tokio::time::sleep(refresh).await;
+            }
+            Err(e) => {
+                state.metrics.discovery_error(&group);
+                if failures == 0 {
+                    tracing::warn!(target_group = %group, operation = e.operation, code = %e.code, error = %e.message,
+                        "discovery failed; keeping the last known targets and backing off");
+                }
+                failures += 1;
+                if let Some(mut s) = state.discovery.get_mut(&group) {
+                    s.last_error = Some(e.to_string());
+                }
+                tokio::time::sleep(backoff(refresh, failures)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let r = Duration::from_secs(1);
+        for f in 1..30 {
+            let d = backoff(r, f);
+            let full = (r * (1 << f.min(16))).min(Duration::from_secs(16));
+            assert!(d >= full / 2 && d <= full, "{f}: {d:?} vs {full:?}");
+        }
+        assert!(backoff(Duration::from_millis(200), 40) <= Duration::from_secs(5));
+    }
+}
