@@ -105,15 +105,21 @@ impl Server {
 
         let (stop_tx, stop_rx) = oneshot::channel();
         let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         let c = control.clone();
         let signals = opts.signals;
         let control_thread = std::thread::Builder::new()
             .name("pilotfish-control".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("control runtime");
-                rt.block_on(control_main(c, admin, signals, stop_rx, shutdown_tx));
+                rt.block_on(control_main(c, admin, signals, stop_rx, shutdown_tx, started_tx));
             })
             .map_err(StartError::Runtime)?;
+        // "Serving" means signals are handled too: a SIGHUP before the handler exists would
+        // terminate the process (the default action).
+        if started_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            return Err(StartError::Runtime(std::io::Error::other("the control thread did not start")));
+        }
         tracing::info!(admin = %admin_addr, workers, "pilotfish is serving");
         Ok(Server {
             control,
@@ -200,7 +206,10 @@ async fn control_main(
     signals: bool,
     stop: oneshot::Receiver<()>,
     shutdown_tx: std::sync::mpsc::Sender<()>,
+    started: std::sync::mpsc::Sender<()>,
 ) {
+    // Installed here, synchronously, before start-up is reported complete.
+    let signals = if signals { Signals::install() } else { None };
     let admin = match tokio::net::TcpListener::from_std(admin) {
         Ok(a) => a,
         Err(e) => {
@@ -211,37 +220,60 @@ async fn control_main(
     tokio::spawn(admin::serve(admin, control.clone()));
     tokio::spawn(crate::control::health::run(control.state.clone()));
     tokio::spawn(crate::control::discovery::supervise(control.state.clone()));
-    if signals {
-        tokio::spawn(signal_loop(control.clone(), shutdown_tx));
+    if let Some(s) = signals {
+        tokio::spawn(s.run(control.clone(), shutdown_tx));
     }
+    let _ = started.send(());
     let _ = stop.await;
 }
 
-#[cfg(unix)]
-async fn signal_loop(control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                control.reload();
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    tracing::info!("shutdown signal received");
-    let _ = shutdown_tx.send(());
+/// The process's signal handlers: SIGHUP reloads, SIGTERM/SIGINT start the shutdown.
+struct Signals {
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-async fn signal_loop(_control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
-    let _ = tokio::signal::ctrl_c().await;
-    let _ = shutdown_tx.send(());
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(hup), Ok(term), Ok(int)) => Some(Signals { hup, term, int }),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Option<Signals> {
+        Some(Signals {})
+    }
+
+    #[cfg(unix)]
+    async fn run(mut self, control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    control.reload();
+                }
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+            }
+        }
+        tracing::info!("shutdown signal received");
+        let _ = shutdown_tx.send(());
+    }
+
+    #[cfg(not(unix))]
+    async fn run(self, _control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = shutdown_tx.send(());
+    }
 }

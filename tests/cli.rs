@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::process::Proc;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pilotfish");
@@ -78,48 +77,6 @@ targets = ["127.0.0.1:80", "127.0.0.1:80"]
     assert!(err.contains("cannot read the configuration file"), "{err}");
 }
 
-struct Proc {
-    child: Child,
-    web: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `pilotfish run` and reads the bound addresses from its log.
-fn spawn_run(config: &std::path::Path) -> Proc {
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut web, mut admin) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while admin.is_none() && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let field =
-            |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.parse::<SocketAddr>().unwrap());
-        if line.contains("listening") {
-            web = field("local=");
-        }
-        if line.contains("pilotfish is serving") {
-            admin = field("admin=");
-        }
-    }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Proc { child, web: web.expect("listener address in log"), admin: admin.expect("admin address in log") }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
     let be = Backend::start("be").await;
@@ -130,7 +87,7 @@ async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
             be.addr
         ),
     );
-    let mut p = spawn_run(&cfg);
+    let mut p = Proc::run(&cfg);
     let c = client();
     let r = get(&c, &format!("http://{}/hello", p.web)).await;
     assert_eq!((r.status.as_u16(), r.backend()), (200, "be"));
@@ -145,17 +102,8 @@ async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
         tokio::spawn(async move { get_with(&c, &url, &[("x-delay-ms", "1000")]).await })
     };
     assert!(eventually(Duration::from_secs(5), || be.requests() == 2).await);
-    let kill = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
+    p.signal("TERM");
     let r = slow.await.unwrap();
     assert_eq!(r.status.as_u16(), 200, "the in-flight request finished");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = p.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "pilotfish did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(p.wait_exit(Duration::from_secs(15)).await, Some(0));
 }

@@ -227,7 +227,7 @@ pub async fn forward(
                 let (mut parts, body) = resp.into_parts();
                 let conn = conn.filter(|_| !closes(&parts.headers));
                 strip_hop_by_hop(&mut parts.headers);
-                return Ok(Response::from_parts(parts, RespBody::Proxied(ProxiedBody::new(body, guard, conn))));
+                return Ok(Response::from_parts(parts, RespBody::proxied(ProxiedBody::new(body, guard, conn))));
             }
             Ok(Err(mut e)) => {
                 if let Some(req) = e.take_message() {

@@ -213,6 +213,7 @@ where
                 target_processing_time: None,
                 response_processing_time: 0.0,
                 bytes_in: 0,
+                bytes_out: 0,
                 user_agent: None,
                 request_id: None,
                 error: Some(reason),

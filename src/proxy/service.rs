@@ -111,13 +111,14 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
             }
         }
     };
+    let mut resp = resp;
     let status = resp.status().as_u16();
     codes.inc(status);
     let elapsed = started.elapsed();
     listener.stats.request_duration.observe(elapsed);
     if let (Some(log), Some(head)) = (log, logged) {
         let target_time = info.target_time.map(secs);
-        log.log(Record {
+        let record = Record {
             time: SystemTime::now(),
             client: ctx.client.addr,
             listener: ctx.listener.clone(),
@@ -132,10 +133,12 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
             target_processing_time: target_time,
             response_processing_time: 0.0,
             bytes_in: head.bytes_in,
+            bytes_out: 0,
             user_agent: head.user_agent,
             request_id: head.request_id,
             error,
-        });
+        };
+        resp.body_mut().log_on_end(log.clone(), record);
     }
     Ok(resp)
 }

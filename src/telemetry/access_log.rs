@@ -32,6 +32,7 @@ pub struct Record {
     pub target_processing_time: Option<f64>,
     pub response_processing_time: f64,
     pub bytes_in: u64,
+    pub bytes_out: u64,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub error: Option<&'static str>,

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub mod aws;
+pub mod process;
 pub mod tls;
 
 /// One request as a backend saw it.
@@ -328,6 +329,18 @@ pub async fn wait_state(lb: &Lb, group: &str, addr: SocketAddr, state: &str, wit
             return true;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// Polls `/metrics` until it has a line equal to `line` (true) or `within` passes (false).
+pub async fn wait_metric(lb: &Lb, line: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if get(&client(), &lb.admin("/metrics")).await.body.lines().any(|l| l == line) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
 }
