@@ -103,6 +103,7 @@ async fn access_log_lines_are_json_with_the_documented_fields() {
         "target_processing_time",
         "response_processing_time",
         "bytes_in",
+        "bytes_out",
         "user_agent",
         "request_id",
         "error",
@@ -116,6 +117,8 @@ async fn access_log_lines_are_json_with_the_documented_fields() {
     assert_eq!(line["target_group"], "g");
     assert_eq!(line["target"], be.addr.to_string());
     assert_eq!(line["user_agent"], "tester/1");
+    assert_eq!(line["bytes_out"], 2, "the backend's body is \"be\"");
+    assert!(line["response_processing_time"].as_f64().unwrap() >= 0.0);
     let id = line["request_id"].as_str().unwrap();
     assert_eq!(be.last().headers.get("x-request-id").unwrap().to_str().unwrap(), id, "logged id is the forwarded one");
 }
