@@ -220,6 +220,8 @@ async fn control_main(
     tokio::spawn(admin::serve(admin, control.clone()));
     tokio::spawn(crate::control::health::run(control.state.clone()));
     tokio::spawn(crate::control::discovery::supervise(control.state.clone()));
+    tokio::spawn(crate::control::cloudwatch::run(control.state.clone()));
+    tokio::spawn(crate::control::autoscale::supervise(control.state.clone()));
     if let Some(s) = signals {
         tokio::spawn(s.run(control.clone(), shutdown_tx));
     }

@@ -94,10 +94,6 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     }
 }
 
-fn not_yet(cx: &mut Ctx<'_>, span: Range<usize>, what: &str, issue: &str) {
-    cx.err(span, format!("{what} is not supported yet by this build of pilotfish ({issue}); remove it"));
-}
-
 fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     let s = &cfg.server;
     if let Ok(a) = s.admin_bind.get_ref().parse::<SocketAddr>() {
@@ -127,7 +123,8 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             }
         }
     }
-    let uses_aws = cfg.target_groups.iter().any(|t| t.get_ref().discovery.is_some());
+    let uses_aws = cfg.cloudwatch.is_some()
+        || cfg.target_groups.iter().any(|t| t.get_ref().discovery.is_some() || t.get_ref().autoscaling.is_some());
     if uses_aws
         && cfg.aws.as_ref().and_then(|a| a.get_ref().region.as_ref()).is_none()
         && std::env::var_os("AWS_REGION").is_none()
@@ -135,8 +132,19 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     {
         cx.warn(0..0, "discovery uses AWS but no region is set ([aws] region, or AWS_REGION); the SDK's chain (profile, IMDS) must provide one");
     }
-    if let Some(v) = &cfg.cloudwatch {
-        not_yet(cx, v.span(), "[cloudwatch]", "CloudWatch publishing");
+    if let Some(cw) = &cfg.cloudwatch {
+        let c = cw.get_ref();
+        if c.namespace.is_empty() || c.namespace.starts_with("AWS/") {
+            cx.err(cw.span(), "cloudwatch namespace must be non-empty and must not start with \"AWS/\"");
+        }
+        if c.load_balancer.is_empty() {
+            cx.err(cw.span(), "cloudwatch load_balancer must be non-empty");
+        }
+        if let Some(i) = &c.interval {
+            if i.get_ref().0 < Duration::from_secs(1) {
+                cx.err(i.span(), "cloudwatch interval must be at least 1s");
+            }
+        }
     }
     for c in &cfg.certificates {
         let c = c.get_ref();
@@ -244,8 +252,26 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                 cx.err(d.span(), format!("target group {name:?}: use either targets or discovery, not both"));
             }
         }
-        if let Some(v) = &tg.autoscaling {
-            not_yet(cx, v.span(), "[target_groups.autoscaling]", "autoscaling");
+        if let Some(a) = &tg.autoscaling {
+            let v = a.get_ref();
+            if *v.max.get_ref() == 0 || v.min.get_ref() > v.max.get_ref() {
+                cx.err(v.max.span(), format!("target group {name:?}: autoscaling needs 0 <= min <= max and max >= 1"));
+            }
+            if !(*v.target.get_ref() > 0.0 && v.target.get_ref().is_finite()) {
+                cx.err(v.target.span(), "autoscaling target must be a positive number");
+            }
+            if let Some(p) = &v.period {
+                if p.get_ref().0 < Duration::from_secs(1) {
+                    cx.err(p.span(), "autoscaling period must be at least 1s");
+                } else if v.source == file::MetricSource::Cloudwatch && p.get_ref().0.as_secs() % 60 != 0 {
+                    cx.warn(p.span(), "CloudWatch standard-resolution metrics need a period that is a multiple of 60s");
+                }
+            }
+            let needs_cw =
+                v.source == file::MetricSource::Cloudwatch || v.mode == file::ScalingMode::ApplicationAutoscaling;
+            if needs_cw && cfg.cloudwatch.is_none() {
+                cx.err(a.span(), format!("target group {name:?}: autoscaling from CloudWatch needs a [cloudwatch] section (the metrics it reads are the ones pilotfish publishes)"));
+            }
         }
         if let Some(t) = &tg.tls {
             let span = t.span();
@@ -830,6 +856,37 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
             endpoint_url: a.get_ref().endpoint_url.as_ref().map(|u| u.get_ref().clone()),
         })
         .unwrap_or_default();
+    snap.cloudwatch = cfg.cloudwatch.as_ref().map(|c| {
+        let c = c.get_ref();
+        CloudWatchSettings {
+            namespace: c.namespace.clone(),
+            load_balancer: c.load_balancer.clone(),
+            interval: c.interval.as_ref().map_or(Duration::from_secs(60), |i| i.get_ref().0),
+        }
+    });
+    snap.autoscaling = cfg
+        .target_groups
+        .iter()
+        .filter_map(|tg| {
+            let tg = tg.get_ref();
+            let a = tg.autoscaling.as_ref()?.get_ref();
+            Some((
+                Arc::from(tg.name.get_ref().as_str()),
+                AutoscalingSpec {
+                    ecs: a.ecs.clone(),
+                    min: *a.min.get_ref(),
+                    max: *a.max.get_ref(),
+                    metric: a.metric,
+                    target: *a.target.get_ref(),
+                    source: a.source,
+                    period: a.period.as_ref().map_or(Duration::from_secs(60), |p| p.get_ref().0),
+                    scale_out_cooldown: a.scale_out_cooldown.map_or(Duration::from_secs(60), |d| d.0),
+                    scale_in_cooldown: a.scale_in_cooldown.map_or(Duration::from_secs(120), |d| d.0),
+                    mode: a.mode,
+                },
+            ))
+        })
+        .collect();
     snap.discovery = cfg
         .target_groups
         .iter()
@@ -938,6 +995,7 @@ fn action(
             ForwardArm {
                 codes: metrics.requests(listener, &group.name),
                 target_response: metrics.target_response(&group.name),
+                group_stats: metrics.group(&group.name),
                 group,
                 weight,
             }

@@ -38,7 +38,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub access_log: AccessLog,
     pub aws: Option<Spanned<Aws>>,
-    pub cloudwatch: Option<Spanned<toml::Value>>,
+    pub cloudwatch: Option<Spanned<CloudWatch>>,
     #[serde(default)]
     pub certificates: Vec<Spanned<Certificate>>,
     #[serde(default)]
@@ -246,7 +246,7 @@ pub struct TargetGroup {
     pub targets: Vec<Spanned<TargetEntry>>,
     pub health_check: Option<Spanned<HealthCheck>>,
     pub discovery: Option<Spanned<Discovery>>,
-    pub autoscaling: Option<Spanned<toml::Value>>,
+    pub autoscaling: Option<Spanned<Autoscaling>>,
     pub tls: Option<Spanned<UpstreamTls>>,
 }
 
@@ -334,4 +334,80 @@ pub struct Ecs {
     pub container_name: Option<String>,
     pub container_port: Spanned<u16>,
     pub refresh: Option<Dur>,
+}
+
+/// `[cloudwatch]`: publish ALB-named metrics.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatch {
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_load_balancer")]
+    pub load_balancer: String,
+    pub interval: Option<Spanned<Dur>>,
+}
+
+fn default_namespace() -> String {
+    "Pilotfish".into()
+}
+
+fn default_load_balancer() -> String {
+    "pilotfish".into()
+}
+
+/// The ECS service an autoscaling policy scales.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EcsService {
+    pub cluster: String,
+    pub service: String,
+}
+
+/// The metric target tracking follows.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingMetric {
+    /// Requests per target per minute.
+    RequestCountPerTarget,
+    /// Average target response time in seconds.
+    TargetResponseTime,
+}
+
+/// Where the metric is read.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricSource {
+    /// CloudWatch GetMetricData: the sum over every replica publishing the same LoadBalancer.
+    #[default]
+    Cloudwatch,
+    /// This process's own counters.
+    Local,
+}
+
+/// Who scales.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScalingMode {
+    /// pilotfish decides and calls ECS UpdateService.
+    #[default]
+    TargetTracking,
+    /// pilotfish registers a target-tracking policy with AWS Application Auto Scaling.
+    ApplicationAutoscaling,
+}
+
+/// `[target_groups.autoscaling]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autoscaling {
+    pub ecs: EcsService,
+    pub min: Spanned<u32>,
+    pub max: Spanned<u32>,
+    pub metric: ScalingMetric,
+    pub target: Spanned<f64>,
+    #[serde(default)]
+    pub source: MetricSource,
+    pub period: Option<Spanned<Dur>>,
+    pub scale_out_cooldown: Option<Dur>,
+    pub scale_in_cooldown: Option<Dur>,
+    #[serde(default)]
+    pub mode: ScalingMode,
 }

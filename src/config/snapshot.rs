@@ -34,6 +34,7 @@ pub struct ForwardArm {
     /// Responses of this listener × group.
     pub codes: Arc<CodeCounters>,
     pub target_response: Arc<Histogram>,
+    pub group_stats: Arc<crate::telemetry::metrics::GroupStats>,
 }
 
 /// `forward`: one group, or several split by weight.
@@ -135,6 +136,29 @@ impl DiscoverySpec {
     }
 }
 
+/// `[cloudwatch]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudWatchSettings {
+    pub namespace: String,
+    pub load_balancer: String,
+    pub interval: Duration,
+}
+
+/// A target group's autoscaling policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscalingSpec {
+    pub ecs: crate::config::file::EcsService,
+    pub min: u32,
+    pub max: u32,
+    pub metric: crate::config::file::ScalingMetric,
+    pub target: f64,
+    pub source: crate::config::file::MetricSource,
+    pub period: Duration,
+    pub scale_out_cooldown: Duration,
+    pub scale_in_cooldown: Duration,
+    pub mode: crate::config::file::ScalingMode,
+}
+
 /// The whole compiled configuration.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -147,6 +171,9 @@ pub struct Snapshot {
     /// Discovered target groups and their sources.
     pub discovery: Vec<(Arc<str>, DiscoverySpec)>,
     pub aws: AwsSettings,
+    pub cloudwatch: Option<CloudWatchSettings>,
+    /// Autoscaled target groups and their policies.
+    pub autoscaling: Vec<(Arc<str>, AutoscalingSpec)>,
     /// The active configuration for `GET /config` (paths, never key contents).
     pub json: serde_json::Value,
 }
@@ -171,6 +198,8 @@ impl Snapshot {
             target_groups,
             discovery: Vec::new(),
             aws: AwsSettings::default(),
+            cloudwatch: None,
+            autoscaling: Vec::new(),
             json,
         }
     }

@@ -2,6 +2,8 @@
 //! every background task (admin API, reloads, signals) and is the only writer of shared state:
 //! it compiles snapshots, binds and closes listeners, and publishes with one atomic swap.
 
+pub mod autoscale;
+pub mod cloudwatch;
 pub mod discovery;
 pub mod health;
 pub mod reload;

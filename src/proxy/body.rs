@@ -16,6 +16,8 @@ use hyper::client::conn::http1;
 use super::upstream::UpBody;
 use crate::balance::InFlightGuard;
 use crate::telemetry::access_log::{secs, AccessLog, Record};
+use crate::telemetry::metrics::ListenerStats;
+use std::sync::Arc;
 
 enum Kind {
     Full(Option<Bytes>),
@@ -26,6 +28,8 @@ enum Kind {
 pub struct RespBody {
     kind: Kind,
     log: Option<Box<PendingLog>>,
+    /// Where body bytes are counted (ProcessedBytes).
+    stats: Option<Arc<ListenerStats>>,
 }
 
 struct PendingLog {
@@ -38,17 +42,17 @@ impl RespBody {
     /// A fixed body.
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        RespBody { kind: Kind::Full((!b.is_empty()).then_some(b)), log: None }
+        RespBody { kind: Kind::Full((!b.is_empty()).then_some(b)), log: None, stats: None }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        RespBody { kind: Kind::Full(None), log: None }
+        RespBody { kind: Kind::Full(None), log: None, stats: None }
     }
 
     /// A target's body.
     pub fn proxied(p: ProxiedBody) -> Self {
-        RespBody { kind: Kind::Proxied(p), log: None }
+        RespBody { kind: Kind::Proxied(p), log: None, stats: None }
     }
 
     /// Writes `record` to `log` when this body ends (bytes_out and response time filled in).
@@ -56,9 +60,17 @@ impl RespBody {
         self.log = Some(Box::new(PendingLog { log, record, head_sent: Instant::now() }));
     }
 
+    /// Counts this body's bytes into `stats` (ProcessedBytes).
+    pub fn count_into(&mut self, stats: Arc<ListenerStats>) {
+        self.stats = Some(stats);
+    }
+
     fn count(&mut self, n: usize) {
         if let Some(l) = &mut self.log {
             l.record.bytes_out += n as u64;
+        }
+        if let Some(s) = &self.stats {
+            s.processed_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -197,6 +197,7 @@ pub async fn forward(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");
+                arm.group_stats.target_connection_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 passive_failure(arm, &target);
                 last_err = Some(e);
                 failed = Some(target);

@@ -60,6 +60,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     // A reload that removed this connection's listener leaves it draining on the configuration it
     // was accepted with (the connection is closing; see `listener::serve_http`).
     let listener = snap.listener(&ctx.listener).unwrap_or(&ctx.accepted_with);
+    let bytes_in: u64 =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
     let log = ctx.state.access_log.as_ref().filter(|_| snap.access_log == crate::config::file::AccessLogFormat::Json);
     let logged = log.map(|_| LogHead::of(&req));
 
@@ -104,6 +106,12 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                         Ok(r) => (r, &arm.codes, None),
                         Err(e) => {
                             tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, error = %e, "answered by the balancer");
+                            let class = if e.status().is_server_error() {
+                                &arm.group_stats.elb_5xx
+                            } else {
+                                &arm.group_stats.elb_4xx
+                            };
+                            class.fetch_add(1, Ordering::Relaxed);
                             (error_response(&e), &arm.codes, Some(e.reason()))
                         }
                     }
@@ -114,6 +122,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     let mut resp = resp;
     let status = resp.status().as_u16();
     codes.inc(status);
+    listener.stats.processed_bytes.fetch_add(bytes_in, Ordering::Relaxed);
+    resp.body_mut().count_into(listener.stats.clone());
     let elapsed = started.elapsed();
     listener.stats.request_duration.observe(elapsed);
     if let (Some(log), Some(head)) = (log, logged) {

@@ -40,6 +40,17 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// Cumulative per-bucket counts (upper bounds in [`BUCKETS`], then +Inf), count and sum in µs.
+    pub fn snapshot(&self) -> ([u64; BUCKETS.len() + 1], u64, u64) {
+        let mut b = [0u64; BUCKETS.len() + 1];
+        for (i, c) in self.buckets.iter().enumerate() {
+            b[i] = c.load(Ordering::Relaxed);
+        }
+        let count = self.count();
+        b[BUCKETS.len()] = count.saturating_sub(b[..BUCKETS.len()].iter().sum());
+        (b, count, self.sum_micros.load(Ordering::Relaxed))
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cum = 0;
         for (b, c) in BUCKETS.iter().zip(&self.buckets) {
@@ -86,23 +97,44 @@ impl CodeCounters {
     }
 }
 
+/// Counters of one target group that response codes alone do not give (ALB's
+/// `HTTPCode_ELB_*` versus `HTTPCode_Target_*`, `TargetConnectionErrorCount`).
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    /// Answers the balancer gave instead of a target (502, 503, 504), by class.
+    pub elb_4xx: AtomicU64,
+    pub elb_5xx: AtomicU64,
+    /// Failed connection attempts to targets (each retry counts).
+    pub target_connection_errors: AtomicU64,
+}
+
 /// Connection counters of one listener.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     pub active_connections: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Request and response body bytes (ALB's ProcessedBytes, without headers).
+    pub processed_bytes: AtomicU64,
     pub tls_handshake_errors: AtomicU64,
     pub request_duration: Histogram,
 }
+
+/// A (listener, target group) label pair; the group is "" for answers not forwarded.
+pub type ListenerGroup = (Arc<str>, Arc<str>);
 
 /// Every metric of the process, shared by the data and control planes.
 #[derive(Debug, Default)]
 pub struct Metrics {
     listeners: DashMap<Arc<str>, Arc<ListenerStats>>,
-    requests: DashMap<(Arc<str>, Arc<str>), Arc<CodeCounters>>,
+    requests: DashMap<ListenerGroup, Arc<CodeCounters>>,
     target_response: DashMap<Arc<str>, Arc<Histogram>>,
     health_checks: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
     discovery_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
+    groups: DashMap<Arc<str>, Arc<GroupStats>>,
+    autoscaling_desired: DashMap<Arc<str>, Arc<AtomicI64>>,
+    autoscaling_actions: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
+    pub cloudwatch_publish_errors: AtomicU64,
+    pub cloudwatch_datums_published: AtomicU64,
     pub reloads_success: AtomicU64,
     pub reloads_failure: AtomicU64,
     pub generation: AtomicU64,
@@ -133,6 +165,31 @@ impl Metrics {
     /// Counts one active health check of `target_group` ("pass" or "fail"; control plane).
     pub fn health_check(&self, target_group: &Arc<str>, result: &'static str) {
         self.health_checks.entry((target_group.clone(), result)).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The extra counters of `target_group`.
+    pub fn group(&self, target_group: &Arc<str>) -> Arc<GroupStats> {
+        self.groups.entry(target_group.clone()).or_default().clone()
+    }
+
+    /// Every listener's stats, by name.
+    pub fn listeners(&self) -> Vec<(Arc<str>, Arc<ListenerStats>)> {
+        self.listeners.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
+    /// Every (listener, target group) response counter.
+    pub fn request_counters(&self) -> Vec<(ListenerGroup, Arc<CodeCounters>)> {
+        self.requests.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
+    /// Records the autoscaler's latest desired count for `target_group`.
+    pub fn autoscaling_desired(&self, target_group: &Arc<str>, desired: i64) {
+        self.autoscaling_desired.entry(target_group.clone()).or_default().store(desired, Ordering::Relaxed);
+    }
+
+    /// Counts one scaling action (`out` or `in`) of `target_group`.
+    pub fn autoscaling_action(&self, target_group: &Arc<str>, direction: &'static str) {
+        self.autoscaling_actions.entry((target_group.clone(), direction)).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one failed discovery refresh of `target_group` (control plane).
@@ -236,6 +293,36 @@ impl Metrics {
         for (tg, n) in de {
             let _ = writeln!(out, "pilotfish_discovery_errors_total{{target_group=\"{}\"}} {n}", esc(&tg));
         }
+        out.push_str("# HELP pilotfish_autoscaling_desired The autoscaler's latest desired task count.\n# TYPE pilotfish_autoscaling_desired gauge\n");
+        let mut ad: Vec<_> =
+            self.autoscaling_desired.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+        ad.sort();
+        for (tg, n) in ad {
+            let _ = writeln!(out, "pilotfish_autoscaling_desired{{target_group=\"{}\"}} {n}", esc(&tg));
+        }
+        out.push_str("# HELP pilotfish_autoscaling_actions_total ECS UpdateService calls made by the autoscaler.\n# TYPE pilotfish_autoscaling_actions_total counter\n");
+        let mut aa: Vec<_> =
+            self.autoscaling_actions.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+        aa.sort();
+        for ((tg, dir), n) in aa {
+            let _ = writeln!(
+                out,
+                "pilotfish_autoscaling_actions_total{{target_group=\"{}\",direction=\"{dir}\"}} {n}",
+                esc(&tg)
+            );
+        }
+        out.push_str("# HELP pilotfish_cloudwatch_publish_errors_total Failed PutMetricData calls (retried with the next batch).\n# TYPE pilotfish_cloudwatch_publish_errors_total counter\n");
+        let _ = writeln!(
+            out,
+            "pilotfish_cloudwatch_publish_errors_total {}",
+            self.cloudwatch_publish_errors.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP pilotfish_cloudwatch_datums_published_total Metric datums accepted by CloudWatch.\n# TYPE pilotfish_cloudwatch_datums_published_total counter\n");
+        let _ = writeln!(
+            out,
+            "pilotfish_cloudwatch_datums_published_total {}",
+            self.cloudwatch_datums_published.load(Ordering::Relaxed)
+        );
         extra(&mut out);
         out
     }

@@ -109,4 +109,36 @@ if op == "stop_task":
     ecs().stop_task(cluster=cmd["cluster"], task=cmd["arn"], reason="test")
     out({})
 
+if op == "ecs_simple_service":
+    e = ecs()
+    e.create_cluster(clusterName=cmd["cluster"])
+    e.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "app:1", "memory": 512}])
+    e.create_service(cluster=cmd["cluster"], serviceName=cmd["service"], taskDefinition="app", desiredCount=cmd["desired"])
+    out({})
+
+if op == "desired_count":
+    s = ecs().describe_services(cluster=cmd["cluster"], services=[cmd["service"]])["services"][0]
+    out({"desired": s["desiredCount"]})
+
+if op == "cw_sum":
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    r = boto3.client("cloudwatch", **kw).get_metric_statistics(
+        Namespace=cmd["namespace"],
+        MetricName=cmd["metric"],
+        Dimensions=[{"Name": k, "Value": v} for k, v in cmd["dimensions"].items()],
+        StartTime=now - datetime.timedelta(hours=1),
+        EndTime=now + datetime.timedelta(minutes=5),
+        Period=60,
+        Statistics=["Sum", "SampleCount"],
+    )
+    out({"sum": sum(d["Sum"] for d in r["Datapoints"]), "samples": sum(d["SampleCount"] for d in r["Datapoints"])})
+
+if op == "aas_describe":
+    c = boto3.client("application-autoscaling", **kw)
+    targets = c.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]
+    policies = c.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"]
+    out(json.loads(json.dumps({"targets": targets, "policies": policies}, default=str)))
+
 sys.exit("unknown op " + op)
