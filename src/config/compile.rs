@@ -110,6 +110,12 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     if !(MIN_HEADER_BYTES..=1 << 20).contains(s.max_header_bytes.get_ref()) {
         cx.err(s.max_header_bytes.span(), format!("max_header_bytes must be between {MIN_HEADER_BYTES} and 1048576"));
     }
+    if !(256..=1 << 20).contains(s.max_uri_bytes.get_ref()) {
+        cx.err(s.max_uri_bytes.span(), "max_uri_bytes must be between 256 and 1048576");
+    }
+    if !(8..=10_000).contains(s.max_headers.get_ref()) {
+        cx.err(s.max_headers.span(), "max_headers must be between 8 and 10000");
+    }
     if *s.max_connections.get_ref() == 0 {
         cx.err(s.max_connections.span(), "max_connections must be at least 1");
     }
@@ -732,6 +738,8 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
         idle_timeout: s.idle_timeout.0,
         header_read_timeout: s.header_read_timeout.0,
         max_header_bytes: *s.max_header_bytes.get_ref(),
+        max_uri_bytes: *s.max_uri_bytes.get_ref(),
+        max_headers: *s.max_headers.get_ref(),
         max_connections: *s.max_connections.get_ref(),
     };
     let metrics = input.metrics;
@@ -841,6 +849,7 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
                 stats: metrics.listener(&lname),
                 own_codes: metrics.requests(&lname, &"".into()),
                 tls,
+                max_request_body: l.max_request_body.as_ref().map(|m| *m.get_ref()),
             }))
         })
         .collect::<Result<_, _>>()?;

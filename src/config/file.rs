@@ -61,6 +61,10 @@ pub struct Server {
     pub idle_timeout: Dur,
     pub header_read_timeout: Dur,
     pub max_header_bytes: Spanned<usize>,
+    /// Longer request targets (path and query) get 414.
+    pub max_uri_bytes: Spanned<usize>,
+    /// More header fields in a request head get 431.
+    pub max_headers: Spanned<usize>,
     pub max_connections: Spanned<usize>,
 }
 
@@ -74,6 +78,8 @@ impl Default for Server {
             idle_timeout: Dur(Duration::from_secs(60)),
             header_read_timeout: Dur(Duration::from_secs(10)),
             max_header_bytes: Spanned::new(0..0, 65536),
+            max_uri_bytes: Spanned::new(0..0, 8192),
+            max_headers: Spanned::new(0..0, 100),
             max_connections: Spanned::new(0..0, 50_000),
         }
     }
@@ -115,6 +121,8 @@ pub struct Listener {
     pub default_certificate: Option<Spanned<String>>,
     pub alpn: Option<Spanned<Vec<String>>>,
     pub default_action: Option<Spanned<Action>>,
+    /// Larger request bodies get 413 (bytes; unlimited when absent, like ALB).
+    pub max_request_body: Option<Spanned<u64>>,
 }
 
 fn default_listener_protocol() -> Spanned<ListenerProtocol> {

@@ -23,6 +23,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
     pub max_connections: usize,
 }
 
@@ -103,6 +105,8 @@ pub struct ListenerConfig {
     pub own_codes: Arc<CodeCounters>,
     /// TLS server configuration (https listeners).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Request body limit in bytes (None: unlimited).
+    pub max_request_body: Option<u64>,
 }
 
 /// `[aws]` settings.

@@ -24,6 +24,10 @@ pub enum ProxyError {
     ResponseTimeout(SocketAddr),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("request body larger than the listener's max_request_body")]
+    PayloadTooLarge,
+    #[error("request target longer than max_uri_bytes")]
+    UriTooLong,
 }
 
 impl ProxyError {
@@ -38,6 +42,8 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -52,6 +58,8 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "target_reset",
             ProxyError::ResponseTimeout(_) => "target_response_timeout",
             ProxyError::BadRequest(r) => r,
+            ProxyError::PayloadTooLarge => "request_body_too_large",
+            ProxyError::UriTooLong => "uri_too_long",
         }
     }
 
@@ -61,6 +69,8 @@ impl ProxyError {
             StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no healthy target\n",
             StatusCode::BAD_GATEWAY => "502 Bad Gateway: the target refused, reset or sent a bad response\n",
             StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the target did not respond in time\n",
+            StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",
+            StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
             _ => "400 Bad Request\n",
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, Uri, Version};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 
 use super::body::{ProxiedBody, RespBody};
@@ -167,7 +167,7 @@ const MAX_STALE: u32 = 3;
 /// Sends `req` (head already prepared) to a target of `arm`'s group and returns its response.
 pub async fn forward(
     arm: &ForwardArm,
-    req: Request<Incoming>,
+    req: Request<Limited<Incoming>>,
     info: &mut ForwardInfo,
 ) -> Result<Response<RespBody>, ProxyError> {
     let group = &arm.group;
@@ -240,6 +240,18 @@ pub async fn forward(
                     }
                 }
                 let source = e.into_error();
+                if source.is_user() {
+                    // The client's body failed (a malformed chunk, a reset, over the limit): the
+                    // client's fault, not the target's. The target saw a cleanly framed,
+                    // incomplete request.
+                    let too_large =
+                        std::error::Error::source(&source).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+                    return Err(if too_large {
+                        ProxyError::PayloadTooLarge
+                    } else {
+                        ProxyError::BadRequest("malformed_request_body")
+                    });
+                }
                 tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, error = %source, "target failed before responding");
                 passive_failure(arm, &target);
                 last_err = Some(ProxyError::Upstream { addr: target.addr, source });

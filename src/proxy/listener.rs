@@ -155,6 +155,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
+        .max_headers(server.max_headers)
         .max_buf_size(server.max_header_bytes);
     builder
         .http2()

@@ -68,7 +68,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     let mut info = ForwardInfo::default();
     let mut rule_name = None;
     let mut group_name = None;
-    let (resp, codes, error) = match request_host(&req) {
+    let checked = check_limits(&req, &snap.server, listener.max_request_body)
+        .and_then(|()| check_framing(&req))
+        .and_then(|()| request_host(&req));
+    let (resp, codes, error) = match checked {
         Err(e) => {
             let r = error_response(&e);
             (r, &listener.own_codes, Some(e.reason()))
@@ -102,6 +105,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                     let raw_host = raw_host.to_owned();
                     let (mut parts, body) = req.into_parts();
                     forward::prepare_head(&mut parts, &ctx.client, &raw_host, arm.group.settings.protocol);
+                    let limit =
+                        listener.max_request_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+                    let body = http_body_util::Limited::new(body, limit);
                     match forward::forward(arm, Request::from_parts(parts, body), &mut info).await {
                         Ok(r) => (r, &arm.codes, None),
                         Err(e) => {
@@ -178,6 +184,53 @@ impl LogHead {
     }
 }
 
+/// Limits hyper does not apply itself: the request target's length (414) and a declared body
+/// larger than the listener allows (413, before anything is forwarded).
+fn check_limits<B>(
+    req: &Request<B>,
+    server: &crate::config::snapshot::ServerSettings,
+    max_body: Option<u64>,
+) -> Result<(), ProxyError> {
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > server.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    if let Some(max) = max_body {
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// RFC 9112 framing checks hyper leaves to us (it rejects the rest itself: bad or conflicting
+/// Content-Length values, a final coding other than chunked, chunked on HTTP/1.0): a request with
+/// both Content-Length and Transfer-Encoding, a repeated Content-Length, or any coding but a single
+/// `chunked` is refused, so no target can frame it differently than we do.
+pub fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.version() >= Version::HTTP_2 {
+        return Ok(()); // HTTP/2 frames messages itself; hyper rejects these headers there.
+    }
+    let h = req.headers();
+    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+    let has_cl = cl.next().is_some();
+    if cl.next().is_some() {
+        return Err(ProxyError::BadRequest("duplicate_content_length"));
+    }
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if te.peek().is_none() {
+        return Ok(());
+    }
+    if has_cl {
+        return Err(ProxyError::BadRequest("content_length_and_transfer_encoding"));
+    }
+    let mut codings = te.flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(|c| c.trim_ascii());
+    match (codings.next(), codings.next()) {
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::BadRequest("transfer_encoding_not_chunked")),
+    }
+}
+
 /// The request's host as sent (`Host` or the URI authority, with port), checked per RFC 9112:
 /// exactly one valid `Host` on HTTP/1.1, agreeing with an absolute-form target.
 pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
@@ -215,7 +268,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<RespBody> {
 /// The response the balancer itself gives for `e`.
 pub fn error_response(e: &ProxyError) -> Response<RespBody> {
     let mut r = text(e.status(), e.body());
-    if e.status() == StatusCode::BAD_REQUEST {
+    if matches!(e.status(), StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG) {
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,8 +21,9 @@ use crate::balance::GroupSettings;
 use crate::config::file::UpstreamProtocol;
 use crate::tls::client::UpstreamTls;
 
-/// The body type sent to targets: the client's body, or nothing (a replayed request).
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
+/// The body type sent to targets: the client's body (within the listener's body limit), or
+/// nothing (a replayed request).
+pub type UpBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// Idle HTTP/1.1 connections kept per target; more are closed when returned.
 const MAX_IDLE_PER_TARGET: usize = 512;
