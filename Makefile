@@ -29,4 +29,4 @@ fmt:
 	$(CARGO) fmt --all
 
 bench:
-	$(CARGO) bench --bench route_lookup --bench pick --bench sni_resolve
+	$(CARGO) bench --bench route_lookup --bench pick --bench sni_resolve --bench proxy_e2e
