@@ -12,7 +12,7 @@ build:
 
 # Installs what the tests need (a venv with moto[server] and boto3), then runs every test.
 test: $(MOTO)
-	PILOTFISH_VENV=$(abspath $(VENV)) $(CARGO) test --all-targets --no-fail-fast -- --test-threads=4
+	PILOTFISH_VENV=$(abspath $(VENV)) $(CARGO) test --all-targets --no-fail-fast
 
 venv: $(MOTO)
 
