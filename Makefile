@@ -10,9 +10,11 @@ MOTO := $(VENV)/bin/moto_server
 build:
 	$(CARGO) build --release
 
-# Installs what the tests need (a venv with moto[server] and boto3), then runs every test.
+# Installs what the tests need (a venv with moto[server] and boto3), then runs every test: the
+# benches once in test mode (a smoke run each), then unit, integration and CLI tests.
 test: $(MOTO)
-	PILOTFISH_VENV=$(abspath $(VENV)) $(CARGO) test --all-targets --no-fail-fast
+	$(CARGO) test --benches --no-fail-fast
+	PILOTFISH_VENV=$(abspath $(VENV)) $(CARGO) test --lib --bins --tests --no-fail-fast
 
 venv: $(MOTO)
 
