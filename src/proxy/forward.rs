@@ -18,12 +18,24 @@ use crate::config::file::UpstreamProtocol;
 use crate::config::snapshot::ForwardArm;
 
 /// Where a request came from, for the forwarding headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     /// `http` or `https`.
     pub proto: &'static str,
     pub listener_port: u16,
+    /// The client's IP and the listener's port as header values, formatted once per connection.
+    ip_value: HeaderValue,
+    port_value: HeaderValue,
+}
+
+impl ClientInfo {
+    /// The forwarding facts of a connection from `addr` to a `proto` listener on `listener_port`.
+    pub fn new(addr: SocketAddr, proto: &'static str, listener_port: u16) -> Self {
+        let ip_value = HeaderValue::from_str(&addr.ip().to_canonical().to_string())
+            .expect("an IP address is a valid header value");
+        ClientInfo { addr, proto, listener_port, ip_value, port_value: HeaderValue::from(listener_port) }
+    }
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1, plus the legacy ones Go's proxy drops).
@@ -95,16 +107,18 @@ pub fn new_request_id() -> HeaderValue {
 /// URI and version made right for the upstream protocol. `host` is the client's host (with port).
 pub fn prepare_head(parts: &mut request::Parts, client: &ClientInfo, host: &str, protocol: UpstreamProtocol) {
     strip_hop_by_hop(&mut parts.headers);
-    let ip = client.addr.ip().to_canonical();
     let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!("{prev}, {ip}")),
-        _ => HeaderValue::from_str(&ip.to_string()),
+        Some(prev) if !prev.trim().is_empty() => {
+            // Appending needs a new value; the common case (no XFF yet) reuses the connection's.
+            HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip().to_canonical())).ok()
+        }
+        _ => Some(client.ip_value.clone()),
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         parts.headers.insert(&X_FORWARDED_FOR, v);
     }
     parts.headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    parts.headers.insert(&X_FORWARDED_PORT, HeaderValue::from(client.listener_port));
+    parts.headers.insert(&X_FORWARDED_PORT, client.port_value.clone());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match protocol {
         UpstreamProtocol::Http1 => {

@@ -113,7 +113,7 @@ async fn serve_connection(
             state: state.clone(),
             listener: name.clone(),
             accepted_with: listener.clone(),
-            client: ClientInfo { addr: peer, proto, listener_port: port },
+            client: ClientInfo::new(peer, proto, port),
             conn: Arc::new(ConnShared::default()),
         })
     };
