@@ -43,11 +43,6 @@ impl std::error::Error for ConfigError {}
 pub struct Diagnostics(pub Vec<ConfigError>);
 
 impl Diagnostics {
-    /// Whether any diagnostic is an error.
-    pub fn has_errors(&self) -> bool {
-        self.0.iter().any(|d| d.severity == Severity::Error)
-    }
-
     /// Only the warnings.
     pub fn warnings(&self) -> impl Iterator<Item = &ConfigError> {
         self.0.iter().filter(|d| d.severity == Severity::Warning)

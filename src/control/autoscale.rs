@@ -19,7 +19,7 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 
 use crate::config::file::{MetricSource, ScalingMetric, ScalingMode};
 use crate::config::snapshot::{AutoscalingSpec, CloudWatchSettings};
-use crate::control::discovery::{sdk_config, DiscoveryError};
+use crate::control::aws::{sdk_config, AwsError};
 use crate::state::SharedState;
 
 /// The policy part of a decision's inputs.
@@ -211,7 +211,7 @@ pub async fn run(state: Arc<SharedState>, group: Arc<str>, spec: AutoscalingSpec
                     tracing::info!(target_group = %group, service = %spec.ecs.service, from = current, to = n, "scaled the ECS service");
                 }
                 Err(e) => {
-                    let e = DiscoveryError::sdk("UpdateService", e);
+                    let e = AwsError::sdk("UpdateService", e);
                     state.metrics.autoscaling_action(&group, "error");
                     tracing::warn!(target_group = %group, code = %e.code, error = %e.message, "autoscaling: UpdateService failed");
                 }
@@ -246,15 +246,15 @@ fn local_metric(
     }
 }
 
-async fn describe(ecs: &aws_sdk_ecs::Client, spec: &AutoscalingSpec) -> Result<u32, DiscoveryError> {
+async fn describe(ecs: &aws_sdk_ecs::Client, spec: &AutoscalingSpec) -> Result<u32, AwsError> {
     let out = ecs
         .describe_services()
         .cluster(&spec.ecs.cluster)
         .services(&spec.ecs.service)
         .send()
         .await
-        .map_err(|e| DiscoveryError::sdk("DescribeServices", e))?;
-    let svc = out.services().first().ok_or_else(|| DiscoveryError {
+        .map_err(|e| AwsError::sdk("DescribeServices", e))?;
+    let svc = out.services().first().ok_or_else(|| AwsError {
         operation: "DescribeServices",
         code: "ServiceNotFound".into(),
         message: format!("service {} not found in cluster {}", spec.ecs.service, spec.ecs.cluster),
@@ -268,7 +268,7 @@ async fn cloudwatch_metric(
     group: &str,
     spec: &AutoscalingSpec,
     settings: Option<&CloudWatchSettings>,
-) -> Result<Option<f64>, DiscoveryError> {
+) -> Result<Option<f64>, AwsError> {
     let Some(settings) = settings else { return Ok(None) };
     let (name, stat) = match spec.metric {
         ScalingMetric::RequestCountPerTarget => ("RequestCountPerTarget", "Sum"),
@@ -296,7 +296,7 @@ async fn cloudwatch_metric(
         .end_time(end.into())
         .send()
         .await
-        .map_err(|e| DiscoveryError::sdk("GetMetricData", e))?;
+        .map_err(|e| AwsError::sdk("GetMetricData", e))?;
     let values: Vec<f64> = out.metric_data_results().iter().flat_map(|r| r.values().iter().copied()).collect();
     if values.is_empty() {
         return Ok(None);
@@ -357,7 +357,7 @@ async fn register_with_application_autoscaling(
             .max_capacity(spec.max as i32)
             .send()
             .await
-            .map_err(|e| DiscoveryError::sdk("RegisterScalableTarget", e));
+            .map_err(|e| AwsError::sdk("RegisterScalableTarget", e));
         let put = match registered {
             Ok(_) => aas
                 .put_scaling_policy()
@@ -370,7 +370,7 @@ async fn register_with_application_autoscaling(
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| DiscoveryError::sdk("PutScalingPolicy", e)),
+                .map_err(|e| AwsError::sdk("PutScalingPolicy", e)),
             Err(e) => Err(e),
         };
         match put {

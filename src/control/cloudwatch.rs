@@ -14,7 +14,7 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
 use crate::config::snapshot::{AwsSettings, CloudWatchSettings, Snapshot};
-use crate::control::discovery::{sdk_config, DiscoveryError};
+use crate::control::aws::{sdk_config, AwsError};
 use crate::state::SharedState;
 use crate::telemetry::metrics::BUCKETS;
 
@@ -214,7 +214,7 @@ pub async fn run(state: Arc<SharedState>) {
                     state.metrics.cloudwatch_datums_published.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    let e = DiscoveryError::sdk("PutMetricData", e);
+                    let e = AwsError::sdk("PutMetricData", e);
                     state.metrics.cloudwatch_publish_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(code = %e.code, error = %e.message, pending = pending.len(), "CloudWatch publish failed; retrying with the next batch");
                     break;

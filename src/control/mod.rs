@@ -3,6 +3,7 @@
 //! it compiles snapshots, binds and closes listeners, and publishes with one atomic swap.
 
 pub mod autoscale;
+pub mod aws;
 pub mod cloudwatch;
 pub mod discovery;
 pub mod health;

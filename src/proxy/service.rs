@@ -60,15 +60,17 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     // A reload that removed this connection's listener leaves it draining on the configuration it
     // was accepted with (the connection is closing; see `listener::serve_http`).
     let listener = snap.listener(&ctx.listener).unwrap_or(&ctx.accepted_with);
-    let bytes_in: u64 =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    // Parsed once: the body limit, ProcessedBytes and the access log all use it.
+    let declared_len: Option<u64> =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let bytes_in = declared_len.unwrap_or(0);
     let log = ctx.state.access_log.as_ref().filter(|_| snap.access_log == crate::config::file::AccessLogFormat::Json);
-    let logged = log.map(|_| LogHead::of(&req));
+    let logged = log.map(|_| LogHead::of(&req, bytes_in));
 
     let mut info = ForwardInfo::default();
     let mut rule_name = None;
     let mut group_name = None;
-    let checked = check_limits(&req, &snap.server, listener.max_request_body)
+    let checked = check_limits(&req, declared_len, &snap.server, listener.max_request_body)
         .and_then(|()| check_framing(&req))
         .and_then(|()| request_host(&req));
     let (resp, codes, error) = match checked {
@@ -170,14 +172,14 @@ struct LogHead {
 }
 
 impl LogHead {
-    fn of(req: &Request<Incoming>) -> LogHead {
+    fn of(req: &Request<Incoming>, bytes_in: u64) -> LogHead {
         let h = req.headers();
         let s = |n: &header::HeaderName| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         LogHead {
             method: req.method().to_string(),
             host: request_host(req).unwrap_or("").to_owned(),
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            bytes_in: h.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0),
+            bytes_in,
             user_agent: s(&header::USER_AGENT),
             request_id: s(&forward::X_REQUEST_ID),
         }
@@ -188,17 +190,15 @@ impl LogHead {
 /// larger than the listener allows (413, before anything is forwarded).
 fn check_limits<B>(
     req: &Request<B>,
+    declared_len: Option<u64>,
     server: &crate::config::snapshot::ServerSettings,
     max_body: Option<u64>,
 ) -> Result<(), ProxyError> {
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > server.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
-    if let Some(max) = max_body {
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::PayloadTooLarge);
-        }
+    if max_body.is_some_and(|max| declared_len.is_some_and(|n| n > max)) {
+        return Err(ProxyError::PayloadTooLarge);
     }
     Ok(())
 }

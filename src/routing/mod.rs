@@ -213,11 +213,6 @@ impl<A> Router<A> {
         &self.rules
     }
 
-    /// The listener's default action.
-    pub fn default_action(&self) -> &A {
-        &self.default
-    }
-
     /// Finds the action for `req`.
     #[inline]
     pub fn route(&self, req: &RequestView<'_>) -> Route<'_, A> {

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use aws_sdk_servicediscovery::types::HealthStatusFilter;
 use aws_sdk_servicediscovery::Client;
 
-use super::{DiscoveryError, NoHostPrefix};
 use crate::balance::TargetSpec;
+use crate::control::aws::{AwsError, NoHostPrefix};
 
 /// One Cloud Map service.
 pub struct CloudMap {
@@ -42,7 +42,7 @@ impl CloudMap {
     }
 
     /// The instances Cloud Map reports now.
-    pub async fn fetch(&self) -> Result<Vec<TargetSpec>, DiscoveryError> {
+    pub async fn fetch(&self) -> Result<Vec<TargetSpec>, AwsError> {
         let out = self
             .client
             .discover_instances()
@@ -52,7 +52,7 @@ impl CloudMap {
             .max_results(1000)
             .send()
             .await
-            .map_err(|e| DiscoveryError::sdk("DiscoverInstances", e))?;
+            .map_err(|e| AwsError::sdk("DiscoverInstances", e))?;
         let mut specs: Vec<TargetSpec> = out
             .instances()
             .iter()

@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use aws_sdk_ecs::types::{DesiredStatus, Task};
 use aws_sdk_ecs::Client;
 
-use super::DiscoveryError;
 use crate::balance::TargetSpec;
+use crate::control::aws::AwsError;
 
 /// One ECS service.
 pub struct Ecs {
@@ -36,7 +36,7 @@ impl Ecs {
     }
 
     /// The service's running tasks now.
-    pub async fn fetch(&self) -> Result<Vec<TargetSpec>, DiscoveryError> {
+    pub async fn fetch(&self) -> Result<Vec<TargetSpec>, AwsError> {
         let mut arns = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -50,7 +50,7 @@ impl Ecs {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| DiscoveryError::sdk("ListTasks", e))?;
+                .map_err(|e| AwsError::sdk("ListTasks", e))?;
             arns.extend(page.task_arns().iter().cloned());
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -67,7 +67,7 @@ impl Ecs {
                 .set_tasks(Some(batch.to_vec()))
                 .send()
                 .await
-                .map_err(|e| DiscoveryError::sdk("DescribeTasks", e))?;
+                .map_err(|e| AwsError::sdk("DescribeTasks", e))?;
             for task in out.tasks() {
                 // ListTasks' service filter is not honoured everywhere (emulators): check the group.
                 if task.group() != Some(group.as_str())

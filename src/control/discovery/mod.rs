@@ -15,84 +15,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_smithy_runtime_api::client::endpoint::EndpointPrefix;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 use tokio::task::JoinHandle;
 
 use crate::balance::TargetSpec;
 use crate::config::snapshot::{AwsSettings, DiscoverySpec};
+use crate::control::aws::{sdk_config, AwsError};
 use crate::state::{DiscoveryStatus, SharedState};
-
-/// A failed call to AWS, described for operators.
-#[derive(Debug, thiserror::Error)]
-#[error("{operation} failed: {code}: {message}")]
-pub struct DiscoveryError {
-    /// The AWS operation (`DiscoverInstances`, `ListTasks`, …).
-    pub operation: &'static str,
-    /// The AWS error code, or the transport failure's kind.
-    pub code: String,
-    pub message: String,
-}
-
-impl DiscoveryError {
-    /// Describes an SDK error of `operation`.
-    pub fn sdk<E, R>(operation: &'static str, e: aws_smithy_runtime_api::client::result::SdkError<E, R>) -> Self
-    where
-        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
-    {
-        use aws_smithy_runtime_api::client::result::SdkError;
-        let (code, message) = match &e {
-            SdkError::ServiceError(s) => (
-                s.err().code().unwrap_or("ServiceError").to_string(),
-                s.err().message().map_or_else(|| s.err().to_string(), str::to_string),
-            ),
-            SdkError::TimeoutError(_) => ("Timeout".into(), "the call timed out".into()),
-            SdkError::DispatchFailure(d) => ("DispatchFailure".into(), format!("{d:?}").chars().take(300).collect()),
-            other => ("SdkError".into(), other.to_string()),
-        };
-        DiscoveryError { operation, code, message }
-    }
-}
-
-/// The SDK configuration from `[aws]`: region, endpoint override, the standard credential chain.
-pub async fn sdk_config(aws: &AwsSettings) -> aws_config::SdkConfig {
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(
-        aws_config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(10)).build(),
-    );
-    if let Some(r) = &aws.region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
-    }
-    if let Some(u) = &aws.endpoint_url {
-        loader = loader.endpoint_url(u.clone());
-    }
-    loader.load().await
-}
-
-/// Cloud Map's DiscoverInstances goes to `data-<endpoint host>`; with a custom `endpoint_url`
-/// (a VPC endpoint, an emulator) that host does not exist, so the prefix is dropped. Real AWS
-/// endpoints keep it (this interceptor is only installed with `endpoint_url`).
-#[derive(Debug)]
-pub struct NoHostPrefix;
-
-impl Intercept for NoHostPrefix {
-    fn name(&self) -> &'static str {
-        "pilotfish::NoHostPrefix"
-    }
-
-    fn modify_before_retry_loop(
-        &self,
-        _ctx: &mut BeforeTransmitInterceptorContextMut<'_>,
-        _rc: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        cfg.interceptor_state().unset::<EndpointPrefix>();
-        Ok(())
-    }
-}
 
 /// A source of targets.
 enum Source {
@@ -101,7 +29,7 @@ enum Source {
 }
 
 impl Source {
-    async fn fetch(&self) -> Result<Vec<TargetSpec>, DiscoveryError> {
+    async fn fetch(&self) -> Result<Vec<TargetSpec>, AwsError> {
         match self {
             Source::CloudMap(c) => c.fetch().await,
             Source::Ecs(e) => e.fetch().await,
