@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 MOTO := $(VENV)/bin/moto_server
 
-.PHONY: test lint bench build fmt venv
+.PHONY: test lint bench build fmt venv fuzz
 
 build:
 	$(CARGO) build --release
@@ -32,3 +32,9 @@ fmt:
 
 bench:
 	$(CARGO) bench --bench route_lookup --bench pick --bench sni_resolve --bench proxy_e2e
+
+# Fuzz targets (fuzz/, needs a nightly toolchain and `cargo install cargo-fuzz`), FUZZ_SECS each.
+FUZZ_SECS ?= 60
+fuzz:
+	cd fuzz && for t in framing_guard request_head; do \
+	  $(CARGO) +nightly fuzz run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; done

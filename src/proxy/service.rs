@@ -110,7 +110,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                     let limit =
                         listener.max_request_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
                     let body = http_body_util::Limited::new(body, limit);
-                    match forward::forward(arm, Request::from_parts(parts, body), &mut info).await {
+                    // Boxed: hyper keeps one handler future allocated per connection for its whole life, and
+                    // the forwarding state is most of its size (see `listener` on memory per connection).
+                    match Box::pin(forward::forward(arm, Request::from_parts(parts, body), &mut info)).await {
                         Ok(r) => (r, &arm.codes, None),
                         Err(e) => {
                             tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, error = %e, "answered by the balancer");
