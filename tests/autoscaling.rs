@@ -63,11 +63,8 @@ fn cw_sum(moto: &Moto, metric: &str, dims: serde_json::Value) -> f64 {
 }
 
 async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let held = poll_until(WAIT, Duration::from_millis(200), || std::future::ready(f())).await;
+    assert!(held, "timed out waiting for {what}");
 }
 
 fn desired(moto: &Moto) -> u64 {

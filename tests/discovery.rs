@@ -34,15 +34,8 @@ async fn addresses(lb: &Lb, group: &str) -> HashSet<String> {
 }
 
 async fn wait_addresses(lb: &Lb, group: &str, want: &HashSet<String>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = addresses(lb, group).await;
-        if &got == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "targets of {group}: want {want:?}, got {got:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let held = poll_until(WAIT, Duration::from_millis(50), || async { &addresses(lb, group).await == want }).await;
+    assert!(held, "targets of {group}: want {want:?}, got {:?}", addresses(lb, group).await);
 }
 
 fn set(addrs: &[&Backend]) -> HashSet<String> {

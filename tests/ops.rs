@@ -76,11 +76,10 @@ async fn generation(admin: std::net::SocketAddr) -> u64 {
 }
 
 async fn wait_generation(admin: std::net::SocketAddr, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while generation(admin).await != want {
-        assert!(Instant::now() < deadline, "generation {want} never became active");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let held =
+        poll_until(Duration::from_secs(20), Duration::from_millis(5), || async { generation(admin).await == want })
+            .await;
+    assert!(held, "generation {want} never became active");
 }
 
 fn write_cert(dir: &Path, ca: &Ca) -> Vec<u8> {

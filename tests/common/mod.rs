@@ -296,18 +296,28 @@ pub async fn get_with(c: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Go
     send(c, b.body(Full::default()).unwrap()).await
 }
 
-/// Polls `f` until it returns true or `within` passes.
-pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+/// Polls the async condition `f` every `every` until it holds (true) or `within` passes (false):
+/// the one bounded wait every test uses instead of sleeping.
+pub async fn poll_until<F, Fut>(within: Duration, every: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = Instant::now() + within;
     loop {
-        if f() {
+        if f().await {
             return true;
         }
         if Instant::now() > deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Polls `f` until it returns true or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    poll_until(within, Duration::from_millis(10), || std::future::ready(f())).await
 }
 
 /// The admin `/targets` entry of `addr` in group `group`.
@@ -323,24 +333,16 @@ pub async fn target_entry(lb: &Lb, group: &str, addr: SocketAddr) -> Option<serd
 
 /// Polls `/targets` until `addr` in `group` is in `state` (true) or `within` passes (false).
 pub async fn wait_state(lb: &Lb, group: &str, addr: SocketAddr, state: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if target_entry(lb, group, addr).await.is_some_and(|t| t["state"] == state) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
+    poll_until(within, Duration::from_millis(5), || async {
+        target_entry(lb, group, addr).await.is_some_and(|t| t["state"] == state)
+    })
+    .await
 }
 
 /// Polls `/metrics` until it has a line equal to `line` (true) or `within` passes (false).
 pub async fn wait_metric(lb: &Lb, line: &str, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if get(&client(), &lb.admin("/metrics")).await.body.lines().any(|l| l == line) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
+    poll_until(within, Duration::from_millis(10), || async {
+        get(&client(), &lb.admin("/metrics")).await.body.lines().any(|l| l == line)
+    })
+    .await
 }
