@@ -58,6 +58,11 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers and those the `Connection` header names (never `Host`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: most messages have none of these, and each removal below
+    // is a hash lookup.
+    if !headers.keys().any(|n| n == header::TE || HOP_BY_HOP.contains(n)) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         if conn != "close" && conn != "keep-alive" {
             let named: Vec<HeaderName> = headers

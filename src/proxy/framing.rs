@@ -204,6 +204,11 @@ impl FramingGuard {
             Some(n) => (n, true),
             None => (rest.len(), false),
         };
+        if complete && self.line_len == 0 && !self.line_overflow {
+            // The usual case: the whole line is in this read; look at it in place.
+            self.end_head_line(&rest[..end], false, from + end);
+            return from + end + 1;
+        }
         let keep = end.min(LINE_KEEP - self.line_len);
         self.line[self.line_len..self.line_len + keep].copy_from_slice(&rest[..keep]);
         self.line_len += keep;
@@ -211,23 +216,24 @@ impl FramingGuard {
         if !complete {
             return bytes.len();
         }
-        let lf = from + end;
-        self.end_head_line(lf);
+        let (line, len, overflow) = (self.line, self.line_len, self.line_overflow);
         self.line_len = 0;
         self.line_overflow = false;
-        lf + 1
+        self.end_head_line(&line[..len], overflow, from + end);
+        from + end + 1
     }
 
-    /// A complete head line (without its LF) is in `self.line`; `lf` is where its LF is.
-    fn end_head_line(&mut self, lf: usize) {
-        let mut line = &self.line[..self.line_len];
-        if !self.line_overflow {
+    /// A complete head line (without its LF; only its first [`LINE_KEEP`] bytes when `overflow`);
+    /// `lf` is where its LF is in this read.
+    fn end_head_line(&mut self, line: &[u8], overflow: bool, lf: usize) {
+        let mut line = line;
+        if !overflow {
             if let Some(stripped) = line.strip_suffix(b"\r") {
                 line = stripped;
             }
         }
         if !self.seen_request_line {
-            if line.is_empty() && !self.line_overflow {
+            if line.is_empty() && !overflow {
                 return; // empty lines before a request line are ignored (RFC 9112 section 2.2)
             }
             if line.starts_with(b"PRI * HTTP/2.0") {
@@ -236,7 +242,7 @@ impl FramingGuard {
             self.seen_request_line = true;
             return;
         }
-        if line.is_empty() && !self.line_overflow {
+        if line.is_empty() && !overflow {
             // End of the head: the body follows.
             self.state = if self.chunked {
                 State::Size
@@ -254,11 +260,15 @@ impl FramingGuard {
             self.chunked = false;
             return;
         }
+        // Only Content-Length and Transfer-Encoding matter here.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            return;
+        }
         let Some(colon) = line.iter().position(|&b| b == b':') else { return };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
             self.content_lengths = self.content_lengths.saturating_add(1);
-            let parsed = (!self.line_overflow && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
+            let parsed = (!overflow && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
                 .flatten();
             if self.content_lengths > 1 {
