@@ -1,5 +1,5 @@
-//! Process wiring: the data-plane runtime (multi-thread, `server.worker_threads`), the control
-//! thread (own OS thread, current-thread runtime: admin API, signals, reloads), start-up and
+//! Process wiring: the data-plane workers (`server.worker_threads` current-thread runtimes, see
+//! [`crate::proxy::workers`]), the control thread (own OS thread, current-thread runtime: admin API, signals, reloads), start-up and
 //! graceful shutdown. `main` and the integration tests both start pilotfish through [`Server`].
 
 use std::io::Write;
@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{self, CompileInput, Diagnostics};
 use crate::control::Control;
+use crate::proxy::workers::WorkerThreads;
 use crate::state::SharedState;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::admin;
@@ -51,7 +52,7 @@ pub enum StartError {
 pub struct Server {
     control: Arc<Control>,
     admin_addr: SocketAddr,
-    runtime: Option<DataPlane>,
+    runtime: Option<WorkerThreads>,
     control_thread: Option<std::thread::JoinHandle<()>>,
     control_stop: Option<oneshot::Sender<()>>,
     shutdown_rx: std::sync::mpsc::Receiver<()>,
@@ -89,8 +90,8 @@ impl Server {
             .then(|| AccessLog::start(metrics.clone(), opts.access_log.unwrap_or_else(|| Box::new(std::io::stdout()))));
         let state = Arc::new(SharedState::new(snap, metrics, access_log));
 
-        let runtime = DataPlane::start(workers).map_err(StartError::Runtime)?;
-        let control = Arc::new(Control::new(state.clone(), path, runtime.handle()));
+        let runtime = WorkerThreads::start(workers).map_err(StartError::Runtime)?;
+        let control = Arc::new(Control::new(state.clone(), path, runtime.workers()));
         control.start_listeners().map_err(StartError::Bind)?;
 
         let admin =
@@ -184,60 +185,6 @@ impl Server {
         }
         if let Some(rt) = self.runtime.take() {
             rt.stop();
-        }
-    }
-}
-
-/// The data-plane runtime. With one worker it is a current-thread runtime on its own thread:
-/// the multi-thread scheduler's work-stealing bookkeeping buys nothing with a single worker
-/// and costs measurably per request (see the commit that introduced this).
-enum DataPlane {
-    Multi(tokio::runtime::Runtime),
-    Single {
-        handle: tokio::runtime::Handle,
-        stop: Option<oneshot::Sender<()>>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    },
-}
-
-impl DataPlane {
-    fn start(workers: usize) -> std::io::Result<DataPlane> {
-        if workers > 1 {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .thread_name("pilotfish-worker")
-                .enable_all()
-                .build()?;
-            return Ok(DataPlane::Multi(rt));
-        }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let handle = rt.handle().clone();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("pilotfish-worker".into()).spawn(move || {
-            let _ = rt.block_on(stopped);
-            rt.shutdown_background();
-        })?;
-        Ok(DataPlane::Single { handle, stop: Some(stop), thread: Some(thread) })
-    }
-
-    fn handle(&self) -> tokio::runtime::Handle {
-        match self {
-            DataPlane::Multi(rt) => rt.handle().clone(),
-            DataPlane::Single { handle, .. } => handle.clone(),
-        }
-    }
-
-    fn stop(self) {
-        match self {
-            DataPlane::Multi(rt) => rt.shutdown_background(),
-            DataPlane::Single { mut stop, mut thread, .. } => {
-                if let Some(s) = stop.take() {
-                    let _ = s.send(());
-                }
-                if let Some(t) = thread.take() {
-                    let _ = t.join();
-                }
-            }
         }
     }
 }

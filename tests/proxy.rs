@@ -324,3 +324,44 @@ async fn keep_alive_connections_to_targets_are_reused() {
     let conns = be.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(conns <= 3, "200 sequential requests used {conns} upstream connections");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_workers_and_each_serves_its_own() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let be = Backend::start("be").await;
+    let cfg = format!(
+        "[server]\nadmin_bind = \"127.0.0.1:0\"\nworker_threads = 4\n{}",
+        one_group("round_robin", &[be.addr.to_string()], "")
+    );
+    let lb = Lb::start(&cfg);
+    // Eight keep-alive client connections, each proxying requests and left open.
+    let mut conns = Vec::new();
+    for i in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(lb.addr("web")).await.unwrap();
+        for j in 0..3 {
+            s.write_all(format!("GET /c{i}/{j} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.unwrap();
+            // One response: the head, then its two-byte body ("be").
+            let mut got = Vec::new();
+            while got.windows(4).position(|w| w == b"\r\n\r\n").is_none_or(|p| got.len() < p + 6) {
+                let mut buf = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let resp = String::from_utf8_lossy(&got).into_owned();
+            assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("\r\n\r\nbe"), "{resp:?}");
+        }
+        conns.push(s);
+    }
+    assert_eq!(be.requests(), 24);
+    // The least busy worker takes each new connection: two each.
+    for w in 0..4 {
+        let line = format!("pilotfish_worker_connections{{worker=\"{w}\"}} 2");
+        assert!(wait_metric(&lb, &line, Duration::from_secs(5)).await, "{line}");
+    }
+    drop(conns);
+    for w in 0..4 {
+        let line = format!("pilotfish_worker_connections{{worker=\"{w}\"}} 0");
+        assert!(wait_metric(&lb, &line, Duration::from_secs(5)).await, "{line}");
+    }
+}

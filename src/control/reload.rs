@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::config::{self, CompileInput, ConfigError, Severity, Snapshot};
 use crate::proxy::listener;
+use crate::proxy::workers::Workers;
 use crate::state::SharedState;
 
 /// A freshly bound listener socket: name, configured address, socket.
@@ -28,7 +29,7 @@ pub struct Control {
     pub state: Arc<SharedState>,
     /// Where the configuration is read from on reload (None: started from text, e.g. the demo).
     pub config_path: Option<PathBuf>,
-    data_plane: tokio::runtime::Handle,
+    workers: Arc<Workers>,
     /// Only the control thread (and start-up) touches this; never the request path.
     listeners: Mutex<HashMap<Arc<str>, Running>>,
     next_generation: AtomicU64,
@@ -50,16 +51,21 @@ impl ReloadOutcome {
 }
 
 impl Control {
-    /// Wraps the running state; `data_plane` runs the accept loops.
-    pub fn new(state: Arc<SharedState>, config_path: Option<PathBuf>, data_plane: tokio::runtime::Handle) -> Control {
+    /// Wraps the running state; `workers` run the accept loops and the connections.
+    pub fn new(state: Arc<SharedState>, config_path: Option<PathBuf>, workers: Arc<Workers>) -> Control {
         let generation = state.load().generation;
         Control {
             state,
             config_path,
-            data_plane,
+            workers,
             listeners: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(generation + 1),
         }
+    }
+
+    /// The data-plane workers.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     /// The bound address of listener `name` (useful with port 0).
@@ -167,8 +173,8 @@ impl Control {
         for (name, bind, sock) in bound {
             let local = sock.local_addr().unwrap_or(bind);
             let (stop, stop_rx) = watch::channel(false);
-            let _guard = self.data_plane.enter();
-            self.data_plane.spawn(listener::accept_loop(self.state.clone(), name.clone(), sock, stop_rx));
+            let accept = listener::accept_loop(self.state.clone(), self.workers.clone(), name.clone(), sock, stop_rx);
+            self.workers.first().spawn(accept);
             tracing::info!(listener = %name, %local, "listening");
             if let Some(old) = running.insert(name, Running { bind, local, stop }) {
                 let _ = old.stop.send(true);

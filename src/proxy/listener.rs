@@ -31,6 +31,7 @@ use tokio::time::{Instant, Sleep};
 use super::forward::ClientInfo;
 use super::framing::{FramingGuard, Violation};
 use super::service::{handle, ConnCtx, ConnShared};
+use super::workers::{current_index, Workers};
 use crate::config::snapshot::ServerSettings;
 use crate::state::SharedState;
 use crate::telemetry::access_log::Record;
@@ -49,9 +50,10 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections on `listener` until `stop` turns true.
+/// Accepts connections on `listener` until `stop` turns true, each served on the least busy worker.
 pub async fn accept_loop(
     state: Arc<SharedState>,
+    workers: Arc<Workers>,
     name: Arc<str>,
     listener: std::net::TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -79,9 +81,27 @@ pub async fn accept_loop(
                 let state = state.clone();
                 let name = name.clone();
                 let stop = stop.clone();
-                tokio::spawn(async move {
-                    serve_connection(state, name, port, stream, peer, stop).await;
-                    drop(permit);
+                let (worker, handle, open) = workers.assign();
+                if worker == current_index() {
+                    tokio::spawn(async move {
+                        serve_connection(state, name, port, stream, peer, stop).await;
+                        drop((permit, open));
+                    });
+                    continue;
+                }
+                // Another worker's runtime: move the socket over to its reactor.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(listener = %name, error = %e, "cannot hand a connection to a worker");
+                        continue;
+                    }
+                };
+                handle.spawn(async move {
+                    if let Ok(stream) = TcpStream::from_std(stream) {
+                        serve_connection(state, name, port, stream, peer, stop).await;
+                    }
+                    drop((permit, open));
                 });
             }
             Err(e) => {

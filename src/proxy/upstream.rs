@@ -1,8 +1,10 @@
 //! Connections to targets: a per-target pool of idle HTTP/1.1 connections (a lock-free queue)
-//! and one shared multiplexed HTTP/2 (h2c) connection, with connect timeouts.
+//! and one shared multiplexed HTTP/2 (h2c) connection, with connect timeouts. The pool is sharded
+//! per worker ([`super::workers`]): a target connection is driven by the runtime that opened it,
+//! so a request only ever uses connections of its own worker (no cross-thread wake-ups).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -17,6 +19,7 @@ use tokio::net::TcpStream;
 use rustls::pki_types::ServerName;
 
 use super::error::ProxyError;
+use super::workers::current_index;
 use crate::balance::GroupSettings;
 use crate::config::file::UpstreamProtocol;
 use crate::tls::client::UpstreamTls;
@@ -42,15 +45,24 @@ pub enum Sender {
     H2(http2::SendRequest<UpBody>),
 }
 
-/// Connections to one target.
+/// Connections to one target, one shard per worker (made on first use).
 pub struct Pool {
+    shards: Box<[OnceLock<Box<Shard>>]>,
+}
+
+/// One worker's connections to one target.
+struct Shard {
     idle: ArrayQueue<IdleConn>,
     h2: ArcSwapOption<http2::SendRequest<UpBody>>,
 }
 
+/// Pool shards: one per CPU. Pools exist before the workers start (the first configuration is
+/// compiled first), so this does not follow `worker_threads`; more workers than CPUs share shards.
+static SHARDS: LazyLock<usize> = LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("idle", &self.idle.len()).finish()
+        f.debug_struct("Pool").field("idle", &self.idle_len()).finish()
     }
 }
 
@@ -63,19 +75,26 @@ impl Default for Pool {
 impl Pool {
     /// An empty pool.
     pub fn new() -> Self {
-        Pool { idle: ArrayQueue::new(MAX_IDLE_PER_TARGET), h2: ArcSwapOption::empty() }
+        Pool { shards: (0..*SHARDS).map(|_| OnceLock::new()).collect() }
     }
 
-    /// Idle HTTP/1.1 connections currently pooled.
+    /// Idle HTTP/1.1 connections currently pooled (all workers).
     pub fn idle_len(&self) -> usize {
-        self.idle.len()
+        self.shards.iter().filter_map(OnceLock::get).map(|s| s.idle.len()).sum()
+    }
+
+    /// The calling worker's shard.
+    fn shard(&self) -> &Shard {
+        self.shards[current_index() % self.shards.len()]
+            .get_or_init(|| Box::new(Shard { idle: ArrayQueue::new(MAX_IDLE_PER_TARGET), h2: ArcSwapOption::empty() }))
     }
 
     /// A connection to `addr` ready for a request: a pooled one when possible, else a new one.
     pub async fn checkout(&self, addr: SocketAddr, settings: &GroupSettings) -> Result<Sender, ProxyError> {
+        let shard = self.shard();
         match settings.protocol {
             UpstreamProtocol::Http1 => {
-                while let Some(mut c) = self.idle.pop() {
+                while let Some(mut c) = shard.idle.pop() {
                     if c.since.elapsed() > MAX_IDLE_AGE {
                         continue;
                     }
@@ -87,7 +106,7 @@ impl Pool {
                 Ok(Sender::H1(connect_h1(addr, settings).await?))
             }
             UpstreamProtocol::Http2 => {
-                if let Some(tx) = self.h2.load().as_deref() {
+                if let Some(tx) = shard.h2.load().as_deref() {
                     if !tx.is_closed() {
                         let mut tx = tx.clone();
                         if tx.ready().await.is_ok() {
@@ -96,7 +115,7 @@ impl Pool {
                     }
                 }
                 let tx = connect_h2(addr, settings).await?;
-                self.h2.store(Some(Arc::new(tx.clone())));
+                shard.h2.store(Some(Arc::new(tx.clone())));
                 Ok(Sender::H2(tx))
             }
         }
@@ -105,7 +124,7 @@ impl Pool {
     /// Returns an HTTP/1.1 connection whose response has been read in full.
     pub fn checkin(&self, tx: http1::SendRequest<UpBody>) {
         if !tx.is_closed() {
-            let _ = self.idle.push(IdleConn { tx, since: Instant::now() });
+            let _ = self.shard().idle.push(IdleConn { tx, since: Instant::now() });
         }
     }
 }

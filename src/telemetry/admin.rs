@@ -94,6 +94,12 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                     let fo = u8::from(g.is_fail_open());
                     let _ = writeln!(out, "pilotfish_target_group_fail_open{{target_group=\"{}\"}} {fo}", esc(&g.name));
                 }
+                out.push_str(
+                    "# HELP pilotfish_worker_connections Open client connections per data-plane worker.\n# TYPE pilotfish_worker_connections gauge\n",
+                );
+                for (i, n) in control.workers().open_connections().enumerate() {
+                    let _ = writeln!(out, "pilotfish_worker_connections{{worker=\"{i}\"}} {n}");
+                }
             });
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
