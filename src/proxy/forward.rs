@@ -39,7 +39,7 @@ impl ClientInfo {
 }
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1, plus the legacy ones Go's proxy drops).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -58,13 +58,26 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers and those the `Connection` header names (never `Host`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages have none of these, and each removal below
-    // is a hash lookup.
-    if !headers.keys().any(|n| n == header::TE || HOP_BY_HOP.contains(n)) {
-        return;
+    // One pass over the names first, then only the removals needed: each removal is a hash
+    // lookup, and most messages carry none of these or only `Connection`.
+    let mut present = 0u16;
+    let mut te = false;
+    for n in headers.keys() {
+        // Lengths of the names below (te, trailer/upgrade, connection/keep-alive, ...): most
+        // names are skipped without a comparison.
+        if !matches!(n.as_str().len(), 2 | 7 | 10 | 16..=19) {
+            continue;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == n) {
+            present |= 1 << i;
+        } else if n == header::TE {
+            te = true;
+        }
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        if conn != "close" && conn != "keep-alive" {
+    if present & 1 != 0 {
+        // HOP_BY_HOP[0] is Connection: drop what it names.
+        let conn = headers.get(header::CONNECTION);
+        if conn.is_some_and(|c| c != "close" && c != "keep-alive") {
             let named: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
                 .iter()
@@ -78,11 +91,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
     // `TE: trailers` is end-to-end meaningful (gRPC needs it); any other TE is hop-by-hop.
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
 }
