@@ -104,9 +104,15 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                 Action::Forward(fw) => {
                     let arm = fw.choose();
                     group_name = Some(arm.group.name.clone());
-                    let raw_host = raw_host.to_owned();
+                    // The host outlives the request's split into parts: keep the field (a refcount,
+                    // not a copy); absolute-form targets (rare) are copied.
+                    let host_field = match req.uri().authority() {
+                        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                        None => req.headers().get(header::HOST).cloned(),
+                    };
+                    let raw_host = host_field.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
                     let (mut parts, body) = req.into_parts();
-                    forward::prepare_head(&mut parts, &ctx.client, &raw_host, arm.group.settings.protocol);
+                    forward::prepare_head(&mut parts, &ctx.client, raw_host, arm.group.settings.protocol);
                     let limit =
                         listener.max_request_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
                     let body = http_body_util::Limited::new(body, limit);
@@ -244,7 +250,7 @@ pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
     let host = match first {
         Some(v) => {
             let s = v.to_str().map_err(|_| ProxyError::BadRequest("invalid_host"))?;
-            if !s.is_empty() && s.parse::<http::uri::Authority>().is_err() {
+            if !s.is_empty() && !valid_host(s) {
                 return Err(ProxyError::BadRequest("invalid_host"));
             }
             Some(s)
@@ -258,6 +264,37 @@ pub fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
         (None, None) if req.version() == Version::HTTP_11 => Err(ProxyError::BadRequest("missing_host")),
         (None, None) => Ok(""),
     }
+}
+
+/// RFC 9110 section 7.2: `Host = uri-host [ ":" port ]`, where uri-host is a reg-name (unreserved,
+/// percent-encoded or sub-delims characters), an IPv4 address or a bracketed IP literal. Checked
+/// by hand because parsing into `http::uri::Authority` copies the value (an allocation on every
+/// request) and also accepts userinfo (`user@host`), which a Host field must not carry.
+pub fn valid_host(s: &str) -> bool {
+    let b = s.as_bytes();
+    let (host, port) = if b.first() == Some(&b'[') {
+        let Some(end) = b.iter().position(|&c| c == b']') else { return false };
+        let literal = &b[1..end];
+        if literal.is_empty()
+            || !literal.iter().all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.' | b'v' | b'V'))
+        {
+            return false;
+        }
+        match &b[end + 1..] {
+            [] => (literal, None),
+            [b':', port @ ..] => (literal, Some(port)),
+            _ => return false,
+        }
+    } else {
+        match b.iter().rposition(|&c| c == b':') {
+            Some(i) => (&b[..i], Some(&b[i + 1..])),
+            None => (b, None),
+        }
+    };
+    let reg_name_ok = b.first() == Some(&b'[')
+        || (!host.is_empty() && host.iter().all(|&c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&c)));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    reg_name_ok && port_ok
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<RespBody> {
@@ -315,4 +352,35 @@ fn redirect<B>(rd: &RedirectAction, client: &ClientInfo, host: &str, req: &Reque
         Err(_) => return text(StatusCode::BAD_REQUEST, "400 Bad Request: cannot build redirect\n"),
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn host_fields_follow_rfc_9110() {
+        for ok in
+            ["a", "a:80", "example.com", "127.0.0.1:8080", "[::1]:443", "[::1]", "xn--bcher-kva.example", "a_b", "a:"]
+        {
+            assert!(valid_host(ok), "{ok} should be accepted");
+        }
+        for bad in [
+            "a/b",
+            "a b",
+            "user@host",
+            "a:80x",
+            "a:123456",
+            "[::1",
+            "[::1]x",
+            "[]",
+            ":80",
+            "a:b:c",
+            "a?b",
+            "a#b",
+            "a\\b",
+        ] {
+            assert!(!valid_host(bad), "{bad} should be refused");
+        }
+    }
 }
