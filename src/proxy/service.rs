@@ -211,10 +211,12 @@ fn check_limits<B>(
     Ok(())
 }
 
-/// RFC 9112 framing checks hyper leaves to us (it rejects the rest itself: bad or conflicting
-/// Content-Length values, a final coding other than chunked, chunked on HTTP/1.0): a request with
-/// both Content-Length and Transfer-Encoding, a repeated Content-Length, or any coding but a single
-/// `chunked` is refused, so no target can frame it differently than we do.
+/// RFC 9112 framing checks on the parsed head (hyper rejects bad or conflicting Content-Length
+/// values, a final coding other than chunked and chunked on HTTP/1.0 itself): any coding but a
+/// single `chunked` is refused, so no target can frame it differently than we do. hyper drops the
+/// evidence of Content-Length with Transfer-Encoding and of a repeated identical Content-Length
+/// before this runs; those are refused on the raw stream by [`super::framing`], and the two checks
+/// here are only a second line for heads that did not come through it.
 pub fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if req.version() >= Version::HTTP_2 {
         return Ok(()); // HTTP/2 frames messages itself; hyper rejects these headers there.
