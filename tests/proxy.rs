@@ -326,6 +326,38 @@ async fn keep_alive_connections_to_targets_are_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_most_recently_used_target_connection_is_reused_first() {
+    let be = Backend::start("be").await;
+    let lb =
+        Lb::start(&format!("[server]\nworker_threads = 1\n{}", one_group("round_robin", &[be.addr.to_string()], "")));
+    // Four requests at once open four connections to the target; all go back to the pool.
+    let c = client();
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (c.clone(), lb.url("web", "/slow"));
+            tokio::spawn(async move { get_with(&c, &url, &[("x-delay-ms", "800")]).await })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(5), || be.requests() == 4).await, "all four in flight together");
+    for h in slow {
+        assert_eq!(h.await.unwrap().status.as_u16(), 200);
+    }
+    assert_eq!(be.connections.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let burst_conns: std::collections::HashSet<usize> = be.seen.lock().unwrap().iter().map(|s| s.conn).collect();
+    assert_eq!(burst_conns.len(), 4);
+    // Sequential requests then all take the connection returned last (a FIFO pool would rotate
+    // through all four and keep every one of them warm).
+    let before = be.requests();
+    for _ in 0..8 {
+        assert_eq!(get(&c, &lb.url("web", "/")).await.status.as_u16(), 200);
+    }
+    let seen = be.seen.lock().unwrap();
+    let used: std::collections::HashSet<usize> = seen[before..].iter().map(|s| s.conn).collect();
+    assert_eq!(used.len(), 1, "sequential requests used target connections {used:?}");
+    assert_eq!(be.connections.load(std::sync::atomic::Ordering::SeqCst), 4, "no new connection was opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_the_workers_and_each_serves_its_own() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let be = Backend::start("be").await;

@@ -1,15 +1,22 @@
-//! Connections to targets: a per-target pool of idle HTTP/1.1 connections (a lock-free queue)
-//! and one shared multiplexed HTTP/2 (h2c) connection, with connect timeouts. The pool is sharded
-//! per worker ([`super::workers`]): a target connection is driven by the runtime that opened it,
-//! so a request only ever uses connections of its own worker (no cross-thread wake-ups).
+//! Connections to targets: a per-target pool of idle HTTP/1.1 connections and one shared
+//! multiplexed HTTP/2 (h2c) connection, with connect timeouts. The pool is sharded per worker
+//! ([`super::workers`]): a target connection is driven by the runtime that opened it, so a request
+//! only ever uses connections of its own worker (no cross-thread wake-ups).
+//!
+//! Idle HTTP/1.1 connections are reused last-in, first-out (as nginx's upstream keepalive cache
+//! does): the connection used most recently is the one least likely to be closing on the target's
+//! keep-alive timeout, and after a burst the connections it no longer needs age out at the other
+//! end instead of being kept warm in rotation. Each shard holds only as many entries as it has idle
+//! connections (a `Mutex<VecDeque>` touched by one worker, so never contended), not a fixed-size
+//! queue per target and worker.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -28,7 +35,7 @@ use crate::tls::client::UpstreamTls;
 /// nothing (a replayed request).
 pub type UpBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
-/// Idle HTTP/1.1 connections kept per target; more are closed when returned.
+/// Idle HTTP/1.1 connections kept per target and worker; more are closed when returned.
 const MAX_IDLE_PER_TARGET: usize = 512;
 /// Idle connections older than this are not reused: many servers close idle keep-alive
 /// connections after 60 s or less, and reusing one as it closes costs a retry.
@@ -52,8 +59,16 @@ pub struct Pool {
 
 /// One worker's connections to one target.
 struct Shard {
-    idle: ArrayQueue<IdleConn>,
+    /// Oldest first: returned connections go to the back and are taken from the back.
+    idle: Mutex<VecDeque<IdleConn>>,
     h2: ArcSwapOption<http2::SendRequest<UpBody>>,
+}
+
+impl Shard {
+    fn idle(&self) -> MutexGuard<'_, VecDeque<IdleConn>> {
+        // Nothing panics while holding it; if something did, the queue is still consistent.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Pool shards: one per CPU. Pools exist before the workers start (the first configuration is
@@ -80,13 +95,13 @@ impl Pool {
 
     /// Idle HTTP/1.1 connections currently pooled (all workers).
     pub fn idle_len(&self) -> usize {
-        self.shards.iter().filter_map(OnceLock::get).map(|s| s.idle.len()).sum()
+        self.shards.iter().filter_map(OnceLock::get).map(|s| s.idle().len()).sum()
     }
 
     /// The calling worker's shard.
     fn shard(&self) -> &Shard {
         self.shards[current_index() % self.shards.len()]
-            .get_or_init(|| Box::new(Shard { idle: ArrayQueue::new(MAX_IDLE_PER_TARGET), h2: ArcSwapOption::empty() }))
+            .get_or_init(|| Box::new(Shard { idle: Mutex::new(VecDeque::new()), h2: ArcSwapOption::empty() }))
     }
 
     /// A connection to `addr` ready for a request: a pooled one when possible, else a new one.
@@ -94,9 +109,12 @@ impl Pool {
         let shard = self.shard();
         match settings.protocol {
             UpstreamProtocol::Http1 => {
-                while let Some(mut c) = shard.idle.pop() {
+                loop {
+                    let Some(mut c) = shard.idle().pop_back() else { break };
                     if c.since.elapsed() > MAX_IDLE_AGE {
-                        continue;
+                        // The newest is too old, so are all the others.
+                        shard.idle().clear();
+                        break;
                     }
                     // Ready at once unless the connection closed meanwhile (then Err).
                     if c.tx.ready().await.is_ok() {
@@ -123,8 +141,22 @@ impl Pool {
 
     /// Returns an HTTP/1.1 connection whose response has been read in full.
     pub fn checkin(&self, tx: http1::SendRequest<UpBody>) {
-        if !tx.is_closed() {
-            let _ = self.shard().idle.push(IdleConn { tx, since: Instant::now() });
+        if tx.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.shard().idle();
+        // Drop from the old end what has aged out or was closed by the target meanwhile.
+        let stale = idle.iter().take_while(|c| c.tx.is_closed() || now.duration_since(c.since) > MAX_IDLE_AGE).count();
+        if stale > 0 {
+            idle.drain(..stale);
+            let (len, cap) = (idle.len(), idle.capacity());
+            if cap > 16 && len < cap / 4 {
+                idle.shrink_to(len * 2);
+            }
+        }
+        if idle.len() < MAX_IDLE_PER_TARGET {
+            idle.push_back(IdleConn { tx, since: now });
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Seen {
     pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Which of the backend's connections carried it (0 = the first accepted).
+    pub conn: usize,
 }
 
 /// A real HTTP server (HTTP/1.1 and h2c) that answers with its name and records requests.
@@ -79,7 +81,7 @@ impl Backend {
                     _ = stop.changed() => return,
                 };
                 let Ok((stream, _)) = accepted else { continue };
-                c.fetch_add(1, Ordering::SeqCst);
+                let conn = c.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
                 let health = health.clone();
                 let mut stop = kill_rx.clone();
@@ -115,6 +117,7 @@ impl Backend {
                                 version: parts.version,
                                 headers: parts.headers.clone(),
                                 body: body.clone(),
+                                conn,
                             });
                             if delay > 0 {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
