@@ -137,3 +137,63 @@ async fn max_connections_pauses_accepting() {
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// Reads HTTP/2 frames (acknowledging the server's SETTINGS) until a HEADERS frame on `stream`;
+/// returns its first header block byte, or None if the connection ended first (bounded by 5 s).
+async fn h2_response_start(s: &mut TcpStream, stream: u32) -> Option<u8> {
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.ok()?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.ok()?;
+            if kind == 0x4 && flags & 0x1 == 0 {
+                s.write_all(&[0, 0, 0, 0x4, 0x1, 0, 0, 0, 0]).await.ok()?;
+            }
+            if kind == 0x1 && id == stream {
+                return payload.first().copied();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read).await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preface_sent_in_pieces_is_http2_and_a_slow_first_byte_is_a_slow_head() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(&be, "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\""));
+    let addr = lb.addr("web");
+
+    // An h2c client whose first segment is two bytes of the preface, idle longer than the head
+    // timeout before its first request: HTTP/2 is framed, only the idle timeout applies to it.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"PR").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // two segments on purpose
+    s.write_all(b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // idle on purpose: twice the head timeout
+                                                          // HEADERS, stream 1, END_STREAM | END_HEADERS: :method GET, :scheme http, :path / (static table).
+    s.write_all(&[0, 0, 3, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84]).await.unwrap();
+    assert_eq!(h2_response_start(&mut s, 1).await, Some(0x88), ":status 200 on stream 1");
+    assert_eq!(be.requests(), 1);
+
+    // An HTTP/1.1 head whose method arrives in pieces is still checked from its first byte.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await; // two segments on purpose
+    s.write_all(b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(out.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&out));
+    assert_eq!(be.requests(), 1, "the refused request never reached the target");
+
+    // One byte that could start the preface, then silence: a slow head, not an HTTP/2 connection.
+    let started = Instant::now();
+    let resp = raw(addr, b"P").await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "408 must come from header_read_timeout");
+}

@@ -265,8 +265,12 @@ pub struct TimedIo<S> {
     head_since: Option<Instant>,
     /// `shared.started` when `head_since` was set.
     head_seq: u64,
-    /// HTTP/2 connections are framed: only the idle timeout applies.
+    /// HTTP/2 connections are framed: only the idle timeout applies. `None` until the first bytes
+    /// show whether the client sent the HTTP/2 preface.
     h2: Option<bool>,
+    /// How many bytes of [`PREFACE_START`] the client has sent so far while `h2` is undecided
+    /// (a client may send the preface in pieces).
+    sniffed: u8,
     timer: Pin<Box<Sleep>>,
     /// Strict HTTP/1.1 framing on the raw bytes (see [`super::framing`]).
     guard: FramingGuard,
@@ -279,6 +283,9 @@ pub struct TimedIo<S> {
 }
 
 const TIMED_OUT: u8 = u8::MAX;
+
+/// The start of the HTTP/2 connection preface (`PRI * HTTP/2.0...`); no HTTP/1.1 method is `PRI`.
+const PREFACE_START: &[u8; 4] = b"PRI ";
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
 
@@ -294,6 +301,7 @@ impl<S: AsyncWrite + Unpin> TimedIo<S> {
             head_since: None,
             head_seq: 0,
             h2: None,
+            sniffed: 0,
             timer: Box::pin(tokio::time::sleep_until(now + idle)),
             guard: FramingGuard::default(),
             cut: None,
@@ -301,13 +309,28 @@ impl<S: AsyncWrite + Unpin> TimedIo<S> {
         }
     }
 
-    fn on_read(&mut self, bytes: &[u8]) {
+    /// Notes a read: activity, the protocol (from the first bytes) and the head timer. Returns
+    /// the bytes read before this call that the framing guard has not seen yet (a prefix of
+    /// [`PREFACE_START`] sent in pieces that turned out not to be HTTP/2).
+    fn on_read(&mut self, bytes: &[u8]) -> &'static [u8] {
         let now = Instant::now();
         self.last_activity = now;
+        let mut unseen: &'static [u8] = &[];
         if self.h2.is_none() {
-            self.h2 = Some(bytes.starts_with(b"PRI "));
+            let seen = usize::from(self.sniffed);
+            let n = bytes.len().min(PREFACE_START.len() - seen);
+            if bytes[..n] != PREFACE_START[seen..seen + n] {
+                self.h2 = Some(false);
+                unseen = &PREFACE_START[..seen];
+            } else if seen + n == PREFACE_START.len() {
+                self.h2 = Some(true);
+                self.head_since = None;
+            } else {
+                self.sniffed += n as u8;
+            }
         }
-        if self.h2 == Some(false) {
+        // Until the preface is complete the client may be slowly sending an HTTP/1.1 head.
+        if self.h2 != Some(true) {
             let started = self.shared.started.load(Ordering::Relaxed);
             if self.shared.active.load(Ordering::Relaxed) > 0 {
                 self.head_since = None;
@@ -316,6 +339,7 @@ impl<S: AsyncWrite + Unpin> TimedIo<S> {
                 self.head_seq = started;
             }
         }
+        unseen
     }
 
     /// Called when a read would block: fires or arms the timer.
@@ -369,8 +393,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                 if buf.filled().len() > before {
                     let this = &mut *self;
                     let filled = &buf.filled()[before..];
-                    this.on_read(filled);
+                    let unseen = this.on_read(filled);
                     if this.h2 == Some(false) && !this.guard.is_off() {
+                        // Part of a method token: nothing the guard can refuse yet.
+                        let early = this.guard.scan(unseen);
+                        debug_assert!(early.is_none());
                         if let Some(cut) = this.guard.scan(filled) {
                             if let Some(v) = this.guard.violation() {
                                 this.outcome.store(v as u8, Ordering::Relaxed);
