@@ -216,15 +216,16 @@ async fn draining_lets_in_flight_finish_while_new_requests_avoid_the_target() {
     };
     let lb = Lb::start(&cfg(&[&a, &b]));
     let c = client();
-    // Hold a slow request on each target, so "b" has one in flight.
+    // Hold a slow request on each target, so "b" has one in flight. One after the other: two
+    // picks at the same instant on two workers may both see two idle targets and choose the same.
     let url = lb.url("web", "/");
-    let slow: Vec<_> = (0..2)
-        .map(|_| {
-            let (c, url) = (c.clone(), url.clone());
-            tokio::spawn(async move { get_with(&c, &url, &[("x-delay-ms", "1500")]).await })
-        })
-        .collect();
-    assert!(eventually(Duration::from_secs(5), || a.requests() == 1 && b.requests() == 1).await);
+    let mut slow = Vec::new();
+    for want in 1..=2 {
+        let (c, url) = (c.clone(), url.clone());
+        slow.push(tokio::spawn(async move { get_with(&c, &url, &[("x-delay-ms", "1500")]).await }));
+        assert!(eventually(Duration::from_secs(5), || a.requests() + b.requests() == want).await);
+    }
+    assert_eq!((a.requests(), b.requests()), (1, 1), "least outstanding spreads the two slow requests");
 
     let out = lb.server.control().reload_text("test.toml", &cfg(&[&a]));
     assert!(out.ok(), "{:?}", out.errors);

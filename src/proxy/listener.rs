@@ -11,6 +11,7 @@
 //! Both are one lazily re-armed timer per connection inside [`TimedIo`]: the hot path only
 //! stamps `Instant::now()` on reads and writes.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -20,14 +21,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use hyper::service::service_fn;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::body::RespBody;
 use super::forward::ClientInfo;
 use super::framing::{FramingGuard, Violation};
 use super::service::{handle, ConnCtx, ConnShared};
@@ -138,62 +141,136 @@ async fn serve_connection(
             conn: Arc::new(ConnShared::default()),
         })
     };
+    // Every step is boxed with its own size: the connection's task holds only the largest of
+    // what it awaits inline, and it lives as long as the connection. The first two (waiting for
+    // the first bytes, the TLS handshake) are freed once done.
     match &listener.tls {
-        // Each branch's future is boxed with its own size, so a plaintext connection does not
-        // carry the space of a TLS session (the task would otherwise hold the larger of the two).
-        None => Box::pin(serve_http(ctx("http"), &server, stream, stop)).await,
+        None => {
+            if let Some(version) = Box::pin(first_bytes(&stream, &state, stop.clone(), server.idle_timeout)).await {
+                Box::pin(serve_http(ctx("http"), &server, stream, version, stop)).await;
+            }
+        }
         Some(tls) => {
-            // The handshake is bounded like a request head: a client that stalls it is cut.
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-            match tokio::time::timeout(server.header_read_timeout, Box::pin(acceptor.accept(stream))).await {
-                Ok(Ok(tls_stream)) => Box::pin(serve_http(ctx("https"), &server, tls_stream, stop)).await,
-                Ok(Err(e)) => {
-                    stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
-                    // rustls errors describe the failure, never the client's bytes.
-                    tracing::debug!(listener = %name, client = %peer, error = %e, "TLS handshake failed");
+            // The handshake is bounded like a request head: a client that stalls it is cut. Its
+            // result (the TLS session, kilobytes) is moved into the boxed connection future in a
+            // block of its own, so this future does not reserve room for it.
+            let serve = {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                let handshake =
+                    Box::pin(tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream))).await;
+                match handshake {
+                    Ok(Ok(tls_stream)) => {
+                        let version = match tls_stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Version::Http2,
+                            Some(_) => Version::Http1,
+                            // No ALPN: HTTP/1.1, or HTTP/2 with prior knowledge; let hyper-util tell.
+                            None => Version::Unknown,
+                        };
+                        Some(Box::pin(serve_http(ctx("https"), &server, tls_stream, version, stop)))
+                    }
+                    Ok(Err(e)) => {
+                        stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                        // rustls errors describe the failure, never the client's bytes.
+                        tracing::debug!(listener = %name, client = %peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(listener = %name, client = %peer, "TLS handshake timed out");
+                        None
+                    }
                 }
-                Err(_) => {
-                    stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(listener = %name, client = %peer, "TLS handshake timed out");
-                }
+            };
+            if let Some(serve) = serve {
+                serve.await;
             }
         }
     }
     stats.active_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Serves HTTP/1.1 or HTTP/2 on an accepted (and, for https, decrypted) client stream.
-async fn serve_http<S>(ctx: Arc<ConnCtx>, server: &ServerSettings, stream: S, mut stop: watch::Receiver<bool>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (state, name, listener, peer) =
-        (ctx.state.clone(), ctx.listener.clone(), ctx.accepted_with.clone(), ctx.client.addr);
-    let io = TimedIo::new(stream, ctx.conn.clone(), server.idle_timeout, server.header_read_timeout);
-    let outcome = io.outcome.clone();
+/// The HTTP version a client connection speaks, when known before hyper reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Http1,
+    /// HTTP/2: the connection preface (h2c prior knowledge) or ALPN `h2`.
+    Http2,
+    /// Not known yet (the first segment was a strict prefix of the preface, or TLS without ALPN):
+    /// hyper-util's auto builder reads the first bytes and decides.
+    Unknown,
+}
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_headers(server.max_headers)
-        .max_buf_size(server.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(server.max_header_bytes as u32)
-        .max_pending_accept_reset_streams(100)
-        .max_local_error_reset_streams(100);
-    let svc = service_fn(move |req| handle(ctx.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    // Shutdown, or a reload that removed or re-bound this listener: finish what is in flight,
-    // then close (idle HTTP/1.1 connections at once, busy ones after their response with
-    // `Connection: close`; HTTP/2 with GOAWAY).
+/// Tells HTTP/1.1 from HTTP/2 prior knowledge by the first bytes, without consuming them
+/// (`None` at EOF). hyper-util's auto builder would read them itself and hand them back in front
+/// of the stream: hyper's first read would then be a partial head and its read buffer would
+/// double to 16 KiB on every connection.
+async fn sniff(stream: &TcpStream) -> io::Result<Option<Version>> {
+    let mut first = [0u8; PREFACE_START.len()];
+    let n = stream.peek(&mut first).await?;
+    Ok((n > 0).then(|| version_from(&first[..n])))
+}
+
+/// Waits for a plaintext client's first bytes and tells its HTTP version; `None` if it closes,
+/// stays silent for `idle`, or the listener drains first (an idle connection goes at once).
+async fn first_bytes(
+    stream: &TcpStream,
+    state: &SharedState,
+    mut stop: watch::Receiver<bool>,
+    idle: Duration,
+) -> Option<Version> {
     let mut drain = state.drain_signal();
+    tokio::select! {
+        r = tokio::time::timeout(idle, sniff(stream)) => r.ok().and_then(Result::ok).flatten(),
+        _ = drain.wait_for(|d| *d) => None,
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+fn version_from(first: &[u8]) -> Version {
+    if first.len() >= PREFACE_START.len() && first.starts_with(PREFACE_START) {
+        Version::Http2
+    } else if PREFACE_START.starts_with(first) {
+        Version::Unknown
+    } else {
+        Version::Http1
+    }
+}
+
+// One set of hyper settings for the builders used directly and inside the auto builder (the
+// method names are the same, the types are not).
+macro_rules! http1_settings {
+    ($builder:expr, $server:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_headers($server.max_headers)
+            .max_buf_size($server.max_header_bytes)
+    };
+}
+
+macro_rules! http2_settings {
+    ($builder:expr, $server:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size($server.max_header_bytes as u32)
+            .max_pending_accept_reset_streams(100)
+            .max_local_error_reset_streams(100)
+    };
+}
+
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs a connection to its end. Shutdown, or a reload that removed or re-bound this listener:
+/// finish what is in flight, then close (idle HTTP/1.1 connections at once, busy ones after their
+/// response with `Connection: close`; HTTP/2 with GOAWAY).
+async fn drive<C>(conn: C, mut drain: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) -> Result<(), ConnError>
+where
+    C: GracefulConnection,
+    C::Error: Into<ConnError>,
+{
+    tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = async { tokio::select! { _ = drain.wait_for(|d| *d) => {}, _ = stop.wait_for(|s| *s) => {} } } => {
@@ -201,6 +278,90 @@ where
             conn.await
         }
     };
+    result.map_err(Into::into)
+}
+
+/// hyper's service for one client connection. The request future is boxed: hyper keeps one
+/// future of the service's type allocated per connection for the connection's whole life, so an
+/// unboxed one (over a kilobyte) would be held by every idle keep-alive connection; boxed, it
+/// costs an allocation per request instead (see `per_connection_futures_stay_small`).
+#[derive(Clone)]
+struct Handler(Arc<ConnCtx>);
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<hyper::Response<RespBody>, Infallible>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Handler {
+    type Response = hyper::Response<RespBody>;
+    type Error = Infallible;
+    type Future = HandlerFuture;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> HandlerFuture {
+        Box::pin(handle(self.0.clone(), req))
+    }
+}
+
+/// The connection for `version`, boxed with its own size. The builders are dropped before it
+/// runs, so it does not keep one (auto's holds both).
+fn connection<S>(
+    version: Version,
+    server: &ServerSettings,
+    io: TokioIo<TimedIo<S>>,
+    handler: Handler,
+    drain: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) -> Pin<Box<dyn Future<Output = Result<(), ConnError>> + Send>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match version {
+        Version::Http1 => {
+            let mut builder = http1::Builder::new();
+            http1_settings!(builder, server);
+            Box::pin(drive(builder.serve_connection(io, handler), drain, stop))
+        }
+        Version::Http2 => {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            http2_settings!(builder, server);
+            Box::pin(drive(builder.serve_connection(io, handler), drain, stop))
+        }
+        Version::Unknown => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            http1_settings!(builder.http1(), server);
+            http2_settings!(builder.http2(), server);
+            Box::pin(drive(builder.serve_connection(io, handler).into_owned(), drain, stop))
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an accepted (and, for https, decrypted) client stream.
+async fn serve_http<S>(
+    ctx: Arc<ConnCtx>,
+    server: &ServerSettings,
+    stream: S,
+    version: Version,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (state, name, listener, peer) =
+        (ctx.state.clone(), ctx.listener.clone(), ctx.accepted_with.clone(), ctx.client.addr);
+    let h2 = match version {
+        Version::Http1 => Some(false),
+        Version::Http2 => Some(true),
+        Version::Unknown => None,
+    };
+    let outcome: Arc<AtomicU8> = Arc::default();
+    // Made in one statement and moved straight into the boxed connection: a named local would
+    // keep its room (the stream, for TLS kilobytes) in this future for the connection's life.
+    let conn = connection(
+        version,
+        server,
+        TokioIo::new(TimedIo::new(stream, ctx.conn.clone(), server, h2, outcome.clone())),
+        Handler(ctx),
+        state.drain_signal(),
+        stop,
+    );
+    let result = conn.await;
 
     let outcome = outcome.load(Ordering::Relaxed);
     let refused = Violation::from_u8(outcome);
@@ -290,22 +451,30 @@ const PREFACE_START: &[u8; 4] = b"PRI ";
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
 
 impl<S: AsyncWrite + Unpin> TimedIo<S> {
-    fn new(inner: S, shared: Arc<ConnShared>, idle: Duration, header: Duration) -> Self {
+    /// `h2`: the protocol when already known (`None`: found from the first bytes). `outcome`
+    /// receives how the connection ended, when TimedIo or the guard decided.
+    fn new(
+        inner: S,
+        shared: Arc<ConnShared>,
+        server: &ServerSettings,
+        h2: Option<bool>,
+        outcome: Arc<AtomicU8>,
+    ) -> Self {
         let now = Instant::now();
         TimedIo {
             inner,
             shared,
-            idle,
-            header,
+            idle: server.idle_timeout,
+            header: server.header_read_timeout,
             last_activity: now,
             head_since: None,
             head_seq: 0,
-            h2: None,
+            h2,
             sniffed: 0,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: Box::pin(tokio::time::sleep_until(now + server.idle_timeout)),
             guard: FramingGuard::default(),
             cut: None,
-            outcome: Arc::default(),
+            outcome,
         }
     }
 
@@ -467,14 +636,39 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
-    /// Memory per idle connection: the connection task holds its future inline, and hyper keeps
-    /// one handler future allocated per connection. Both were 8 KiB and 4 KiB before the TLS
-    /// branch, the TLS handshake and the forwarding state were boxed; keep them small.
+    fn serve_http_size<A, B, C, D, E, F>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn the_version_is_told_from_the_first_bytes() {
+        use super::{version_from, Version};
+        for (first, want) in [
+            (&b"PRI "[..], Version::Http2),
+            (b"GET ", Version::Http1),
+            (b"POST", Version::Http1),
+            (b"PRX", Version::Http1),
+            (b"x", Version::Http1),
+            (b"P", Version::Unknown),
+            (b"PR", Version::Unknown),
+            (b"PRI", Version::Unknown),
+        ] {
+            assert_eq!(version_from(first), want, "{:?}", String::from_utf8_lossy(first));
+        }
+    }
+
+    /// Memory per idle connection: the connection task holds `serve_connection`'s future inline
+    /// and `serve_http`'s boxed for the connection's life. They were 8 KiB (a TLS session's room
+    /// in every connection), then 2.9 KiB and 0.7 KiB (moved-from locals keep their room in an
+    /// async fn's state); keep them small. The request future is boxed per request; bound it too.
+    /// `tests/memory.rs` measures the whole heap per idle connection.
     #[test]
     fn per_connection_futures_stay_small() {
         let conn = future_size(super::serve_connection);
+        let http = serve_http_size(super::serve_http::<tokio::net::TcpStream>);
         let handler = handler_size(crate::proxy::service::handle);
-        assert!(conn <= 2048, "serve_connection future is {conn} bytes");
+        assert!(conn <= 512, "serve_connection future is {conn} bytes");
+        assert!(http <= 256, "serve_http future is {http} bytes");
         assert!(handler <= 1536, "handle future is {handler} bytes");
     }
 }
