@@ -191,6 +191,21 @@ impl Replay {
     }
 }
 
+/// The request to send first and, when it may be sent again (a body-less idempotent request and
+/// retries configured), a copy of its head. A plain function: the parts it splits and joins would
+/// otherwise keep their room in the forwarding future for the whole exchange.
+fn for_retries(req: Request<Limited<Incoming>>, retries: u32) -> (Request<UpBody>, Option<Replay>) {
+    let (parts, body) = req.into_parts();
+    let replay =
+        (retries > 0 && http_body::Body::is_end_stream(&body) && is_idempotent(&parts.method)).then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        });
+    (Request::from_parts(parts, Either::Left(body)), replay)
+}
+
 /// What happened on the way, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct ForwardInfo {
@@ -212,17 +227,8 @@ pub async fn forward(
     let group = &arm.group;
     let settings = &group.settings;
     let set = group.targets();
-    let (parts, body) = req.into_parts();
-    let replay =
-        (settings.retries > 0 && http_body::Body::is_end_stream(&body) && is_idempotent(&parts.method)).then(|| {
-            Replay {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-            }
-        });
-    let mut pending: Option<Request<UpBody>> = Some(Request::from_parts(parts, Either::Left(body)));
+    let (pending, replay) = for_retries(req, settings.retries);
+    let mut pending = Some(pending);
     let mut failed: Option<Arc<Target>> = None;
     let mut last_err = None;
     let mut stale = 0;

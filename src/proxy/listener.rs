@@ -640,6 +640,10 @@ mod tests {
         std::mem::size_of::<F>()
     }
 
+    fn forward_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
     #[test]
     fn the_version_is_told_from_the_first_bytes() {
         use super::{version_from, Version};
@@ -660,7 +664,8 @@ mod tests {
     /// Memory per idle connection: the connection task holds `serve_connection`'s future inline
     /// and `serve_http`'s boxed for the connection's life. They were 8 KiB (a TLS session's room
     /// in every connection), then 2.9 KiB and 0.7 KiB (moved-from locals keep their room in an
-    /// async fn's state); keep them small. The request future is boxed per request; bound it too.
+    /// async fn's state); keep them small. The request and forwarding futures are boxed per
+    /// request; bound them too (forwarding held a TLS connect's state inline: 2.8 KiB).
     /// `tests/memory.rs` measures the whole heap per idle connection.
     #[test]
     fn per_connection_futures_stay_small() {
@@ -670,5 +675,7 @@ mod tests {
         assert!(conn <= 512, "serve_connection future is {conn} bytes");
         assert!(http <= 256, "serve_http future is {http} bytes");
         assert!(handler <= 1536, "handle future is {handler} bytes");
+        let forward = forward_size(crate::proxy::forward::forward);
+        assert!(forward <= 1536, "forward future is {forward} bytes");
     }
 }

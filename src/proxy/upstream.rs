@@ -121,7 +121,9 @@ impl Pool {
                         return Ok(Sender::H1(c.tx));
                     }
                 }
-                Ok(Sender::H1(connect_h1(addr, settings).await?))
+                // Boxed: opening a connection (TCP, TLS) is rare on a warm pool, and its state
+                // would otherwise sit in every request's forwarding future (kilobytes for TLS).
+                Ok(Sender::H1(Box::pin(connect_h1(addr, settings)).await?))
             }
             UpstreamProtocol::Http2 => {
                 if let Some(tx) = shard.h2.load().as_deref() {
@@ -132,7 +134,7 @@ impl Pool {
                         }
                     }
                 }
-                let tx = connect_h2(addr, settings).await?;
+                let tx = Box::pin(connect_h2(addr, settings)).await?;
                 shard.h2.store(Some(Arc::new(tx.clone())));
                 Ok(Sender::H2(tx))
             }
