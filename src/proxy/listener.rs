@@ -674,7 +674,8 @@ mod tests {
         let handler = handler_size(crate::proxy::service::handle);
         assert!(conn <= 512, "serve_connection future is {conn} bytes");
         assert!(http <= 256, "serve_http future is {http} bytes");
-        assert!(handler <= 1536, "handle future is {handler} bytes");
+        // Under 1 KiB: mimalloc's fast path for small objects ends there.
+        assert!(handler <= 960, "handle future is {handler} bytes");
         let forward = forward_size(crate::proxy::forward::forward);
         assert!(forward <= 1536, "forward future is {forward} bytes");
     }

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use super::body::RespBody;
 use super::error::ProxyError;
 use super::forward::{self, ClientInfo, ForwardInfo};
-use crate::config::snapshot::{Action, RedirectAction};
+use crate::config::snapshot::{Action, ForwardArm, ListenerConfig, RedirectAction};
 use crate::routing::{normalize_host, RequestView};
 use crate::state::SharedState;
 use crate::telemetry::access_log::{secs, Record};
@@ -65,7 +65,8 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     let bytes_in = declared_len.unwrap_or(0);
     let log = ctx.state.access_log.as_ref().filter(|_| snap.access_log == crate::config::file::AccessLogFormat::Json);
-    let logged = log.map(|_| LogHead::of(&req, bytes_in));
+    // Boxed: only with the access log on, and the request's future stays small without it.
+    let logged = log.map(|_| Box::new(LogHead::of(&req, bytes_in)));
 
     let mut info = ForwardInfo::default();
     let mut rule_name = None;
@@ -104,21 +105,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                 Action::Forward(fw) => {
                     let arm = fw.choose();
                     group_name = Some(arm.group.name.clone());
-                    // The host outlives the request's split into parts: keep the field (a refcount,
-                    // not a copy); absolute-form targets (rare) are copied.
-                    let host_field = match req.uri().authority() {
-                        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-                        None => req.headers().get(header::HOST).cloned(),
-                    };
-                    let raw_host = host_field.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
-                    let (mut parts, body) = req.into_parts();
-                    forward::prepare_head(&mut parts, &ctx.client, raw_host, arm.group.settings.protocol);
-                    let limit =
-                        listener.max_request_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-                    let body = http_body_util::Limited::new(body, limit);
-                    // Boxed: hyper keeps one handler future allocated per connection for its whole life, and
-                    // the forwarding state is most of its size (see `listener` on memory per connection).
-                    match Box::pin(forward::forward(arm, Request::from_parts(parts, body), &mut info)).await {
+                    let outbound = outbound(req, &ctx.client, listener, arm);
+                    // Boxed: the forwarding state is most of a request's, and only requests that
+                    // are forwarded need it.
+                    match Box::pin(forward::forward(arm, outbound, &mut info)).await {
                         Ok(r) => (r, &arm.codes, None),
                         Err(e) => {
                             tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, error = %e, "answered by the balancer");
@@ -143,6 +133,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     let elapsed = started.elapsed();
     listener.stats.request_duration.observe(elapsed);
     if let (Some(log), Some(head)) = (log, logged) {
+        let head = *head;
         let target_time = info.target_time.map(secs);
         let record = Record {
             time: SystemTime::now(),
@@ -167,6 +158,28 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         resp.body_mut().log_on_end(log.clone(), record);
     }
     Ok(resp)
+}
+
+/// The request as it goes to a target: head prepared for `arm`'s protocol, body within the
+/// listener's limit. A plain function: the parts it splits and joins would otherwise keep their
+/// room in the request's future while it waits for the target.
+fn outbound(
+    req: Request<Incoming>,
+    client: &ClientInfo,
+    listener: &ListenerConfig,
+    arm: &ForwardArm,
+) -> Request<http_body_util::Limited<Incoming>> {
+    // The host outlives the request's split into parts: keep the field (a refcount, not a copy);
+    // absolute-form targets (rare) are copied.
+    let host_field = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
+    let raw_host = host_field.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (mut parts, body) = req.into_parts();
+    forward::prepare_head(&mut parts, client, raw_host, arm.group.settings.protocol);
+    let limit = listener.max_request_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    Request::from_parts(parts, http_body_util::Limited::new(body, limit))
 }
 
 /// The request fields the access log needs, copied before the request moves on.
