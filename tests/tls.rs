@@ -114,6 +114,32 @@ async fn alpn_selects_h2_or_http1_and_forwarding_headers_say_https() {
     let seen = s.be.last();
     assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
     assert_eq!(seen.headers.get("x-forwarded-port").unwrap().to_str().unwrap(), addr.port().to_string());
+
+    // No ALPN: HTTP/1.1 (HTTP/2 over TLS is negotiated, RFC 9113 section 3.2), as nginx and
+    // HAProxy; an HTTP/2 client that skips ALPN gets no HTTP/2 and reaches no target.
+    let (cfg, _) = t::recording_client(&[], false);
+    let tls = t::connect(addr, Some("app.test"), cfg.clone()).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/no-alpn").header("host", "app.test").body(Empty::<Bytes>::new()).unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, http::Version::HTTP_11));
+    let before = s.be.requests();
+    let tls = t::connect(addr, Some("app.test"), cfg).await.unwrap();
+    let h2 = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)),
+    )
+    .await
+    .expect("answered or closed within 5 s");
+    if let Ok((mut tx, conn)) = h2 {
+        tokio::spawn(conn);
+        let req = http::Request::get("https://app.test/h2-no-alpn").body(Empty::<Bytes>::new()).unwrap();
+        let sent = tokio::time::timeout(std::time::Duration::from_secs(5), tx.send_request(req)).await;
+        assert!(!matches!(sent, Ok(Ok(_))), "HTTP/2 without ALPN was served: {sent:?}");
+    }
+    assert_eq!(s.be.requests(), before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,11 +160,11 @@ async fn serve_connection(
                     Box::pin(tokio::time::timeout(server.header_read_timeout, acceptor.accept(stream))).await;
                 match handshake {
                     Ok(Ok(tls_stream)) => {
+                        // HTTP/2 over TLS is negotiated with ALPN (RFC 9113 section 3.2); without
+                        // it, HTTP/1.1 (as nginx and HAProxy do).
                         let version = match tls_stream.get_ref().1.alpn_protocol() {
                             Some(b"h2") => Version::Http2,
-                            Some(_) => Version::Http1,
-                            // No ALPN: HTTP/1.1, or HTTP/2 with prior knowledge; let hyper-util tell.
-                            None => Version::Unknown,
+                            _ => Version::Http1,
                         };
                         Some(Box::pin(serve_http(ctx("https"), &server, tls_stream, version, stop)))
                     }
@@ -195,7 +195,7 @@ enum Version {
     Http1,
     /// HTTP/2: the connection preface (h2c prior knowledge) or ALPN `h2`.
     Http2,
-    /// Not known yet (the first segment was a strict prefix of the preface, or TLS without ALPN):
+    /// Not known yet (a plaintext client's first segment was a strict prefix of the preface):
     /// hyper-util's auto builder reads the first bytes and decides.
     Unknown,
 }
