@@ -328,8 +328,10 @@ async fn keep_alive_connections_to_targets_are_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_most_recently_used_target_connection_is_reused_first() {
     let be = Backend::start("be").await;
-    let lb =
-        Lb::start(&format!("[server]\nworker_threads = 1\n{}", one_group("round_robin", &[be.addr.to_string()], "")));
+    let lb = Lb::start(&format!(
+        "[server]\nadmin_bind = \"127.0.0.1:0\"\nworker_threads = 1\n{}",
+        one_group("round_robin", &[be.addr.to_string()], "")
+    ));
     // Four requests at once open four connections to the target; all go back to the pool.
     let c = client();
     let slow: Vec<_> = (0..4)
