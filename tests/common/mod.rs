@@ -211,10 +211,13 @@ pub struct Lb {
 
 impl Lb {
     /// Starts pilotfish with `config` (listeners should bind 127.0.0.1:0; the admin API is put
-    /// on 127.0.0.1:0 unless the config sets `[server]`).
+    /// on 127.0.0.1:0 unless the config sets `admin_bind`: tests run in parallel, and the default
+    /// port would collide).
     pub fn start(config: &str) -> Lb {
-        let text = if config.contains("[server]") {
+        let text = if config.contains("admin_bind") {
             config.to_string()
+        } else if config.contains("[server]") {
+            config.replacen("[server]", "[server]\nadmin_bind = \"127.0.0.1:0\"", 1)
         } else {
             format!("[server]\nadmin_bind = \"127.0.0.1:0\"\n{config}")
         };
