@@ -215,14 +215,21 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Version>> {
 async fn first_bytes(
     stream: &TcpStream,
     state: &SharedState,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     idle: Duration,
 ) -> Option<Version> {
-    let mut drain = state.drain_signal();
     tokio::select! {
         r = tokio::time::timeout(idle, sniff(stream)) => r.ok().and_then(Result::ok).flatten(),
-        _ = drain.wait_for(|d| *d) => None,
-        _ = stop.wait_for(|s| *s) => None,
+        () = closing(state.drain_signal(), stop) => None,
+    }
+}
+
+/// Completes when the process drains or this listener is stopped (removed or re-bound by a
+/// reload).
+async fn closing(mut drain: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = drain.wait_for(|d| *d) => {}
+        _ = stop.wait_for(|s| *s) => {}
     }
 }
 
@@ -265,7 +272,7 @@ type ConnError = Box<dyn std::error::Error + Send + Sync>;
 /// Runs a connection to its end. Shutdown, or a reload that removed or re-bound this listener:
 /// finish what is in flight, then close (idle HTTP/1.1 connections at once, busy ones after their
 /// response with `Connection: close`; HTTP/2 with GOAWAY).
-async fn drive<C>(conn: C, mut drain: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) -> Result<(), ConnError>
+async fn drive<C>(conn: C, drain: watch::Receiver<bool>, stop: watch::Receiver<bool>) -> Result<(), ConnError>
 where
     C: GracefulConnection,
     C::Error: Into<ConnError>,
@@ -273,7 +280,7 @@ where
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = async { tokio::select! { _ = drain.wait_for(|d| *d) => {}, _ = stop.wait_for(|s| *s) => {} } } => {
+        () = closing(drain, stop) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -345,18 +352,13 @@ async fn serve_http<S>(
 {
     let (state, name, listener, peer) =
         (ctx.state.clone(), ctx.listener.clone(), ctx.accepted_with.clone(), ctx.client.addr);
-    let h2 = match version {
-        Version::Http1 => Some(false),
-        Version::Http2 => Some(true),
-        Version::Unknown => None,
-    };
     let outcome: Arc<AtomicU8> = Arc::default();
     // Made in one statement and moved straight into the boxed connection: a named local would
     // keep its room (the stream, for TLS kilobytes) in this future for the connection's life.
     let conn = connection(
         version,
         server,
-        TokioIo::new(TimedIo::new(stream, ctx.conn.clone(), server, h2, outcome.clone())),
+        TokioIo::new(TimedIo::new(stream, ctx.conn.clone(), server, version, outcome.clone())),
         Handler(ctx),
         state.drain_signal(),
         stop,
@@ -426,11 +428,11 @@ pub struct TimedIo<S> {
     head_since: Option<Instant>,
     /// `shared.started` when `head_since` was set.
     head_seq: u64,
-    /// HTTP/2 connections are framed: only the idle timeout applies. `None` until the first bytes
-    /// show whether the client sent the HTTP/2 preface.
-    h2: Option<bool>,
-    /// How many bytes of [`PREFACE_START`] the client has sent so far while `h2` is undecided
-    /// (a client may send the preface in pieces).
+    /// HTTP/2 connections are framed: only the idle timeout applies. `Unknown` until the first
+    /// bytes show whether the client sent the HTTP/2 preface.
+    version: Version,
+    /// How many bytes of [`PREFACE_START`] the client has sent so far while the version is
+    /// unknown (a client may send the preface in pieces).
     sniffed: u8,
     timer: Pin<Box<Sleep>>,
     /// Strict HTTP/1.1 framing on the raw bytes (see [`super::framing`]).
@@ -451,13 +453,13 @@ const PREFACE_START: &[u8; 4] = b"PRI ";
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n";
 
 impl<S: AsyncWrite + Unpin> TimedIo<S> {
-    /// `h2`: the protocol when already known (`None`: found from the first bytes). `outcome`
-    /// receives how the connection ended, when TimedIo or the guard decided.
+    /// `version`: the protocol if already known (`Unknown`: found from the first bytes).
+    /// `outcome` receives how the connection ended, when TimedIo or the guard decided.
     fn new(
         inner: S,
         shared: Arc<ConnShared>,
         server: &ServerSettings,
-        h2: Option<bool>,
+        version: Version,
         outcome: Arc<AtomicU8>,
     ) -> Self {
         let now = Instant::now();
@@ -469,7 +471,7 @@ impl<S: AsyncWrite + Unpin> TimedIo<S> {
             last_activity: now,
             head_since: None,
             head_seq: 0,
-            h2,
+            version,
             sniffed: 0,
             timer: Box::pin(tokio::time::sleep_until(now + server.idle_timeout)),
             guard: FramingGuard::default(),
@@ -485,21 +487,21 @@ impl<S: AsyncWrite + Unpin> TimedIo<S> {
         let now = Instant::now();
         self.last_activity = now;
         let mut unseen: &'static [u8] = &[];
-        if self.h2.is_none() {
+        if self.version == Version::Unknown {
+            // What the client sent so far is a prefix of the preface: judge it with these bytes.
             let seen = usize::from(self.sniffed);
             let n = bytes.len().min(PREFACE_START.len() - seen);
-            if bytes[..n] != PREFACE_START[seen..seen + n] {
-                self.h2 = Some(false);
-                unseen = &PREFACE_START[..seen];
-            } else if seen + n == PREFACE_START.len() {
-                self.h2 = Some(true);
-                self.head_since = None;
-            } else {
-                self.sniffed += n as u8;
+            let mut first = *PREFACE_START;
+            first[seen..seen + n].copy_from_slice(&bytes[..n]);
+            self.version = version_from(&first[..seen + n]);
+            match self.version {
+                Version::Http1 => unseen = &PREFACE_START[..seen],
+                Version::Http2 => self.head_since = None,
+                Version::Unknown => self.sniffed += n as u8,
             }
         }
         // Until the preface is complete the client may be slowly sending an HTTP/1.1 head.
-        if self.h2 != Some(true) {
+        if self.version != Version::Http2 {
             let started = self.shared.started.load(Ordering::Relaxed);
             if self.shared.active.load(Ordering::Relaxed) > 0 {
                 self.head_since = None;
@@ -563,7 +565,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TimedIo<S> {
                     let this = &mut *self;
                     let filled = &buf.filled()[before..];
                     let unseen = this.on_read(filled);
-                    if this.h2 == Some(false) && !this.guard.is_off() {
+                    if this.version == Version::Http1 && !this.guard.is_off() {
                         // Part of a method token: nothing the guard can refuse yet.
                         let early = this.guard.scan(unseen);
                         debug_assert!(early.is_none());
