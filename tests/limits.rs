@@ -32,8 +32,26 @@ targets = ["{}"]
 
 /// Sends raw bytes and reads until the server closes (bounded by 10 s).
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = send_in_pieces(addr, &[bytes]).await;
+    read_to_close(&mut s).await
+}
+
+/// Connects and sends each piece as its own segment, 100 ms apart (on purpose: the server is to
+/// see them in separate reads).
+async fn send_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s.write_all(piece).await.unwrap();
+    }
+    s
+}
+
+/// Reads until the server closes (bounded by 10 s).
+async fn read_to_close(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
@@ -169,26 +187,20 @@ async fn a_preface_sent_in_pieces_is_http2_and_a_slow_first_byte_is_a_slow_head(
 
     // An h2c client whose first segment is two bytes of the preface, idle longer than the head
     // timeout before its first request: HTTP/2 is framed, only the idle timeout applies to it.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    s.write_all(b"PR").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await; // two segments on purpose
-    s.write_all(b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await; // idle on purpose: twice the head timeout
-                                                          // HEADERS, stream 1, END_STREAM | END_HEADERS: :method GET, :scheme http, :path / (static table).
+    let mut s = send_in_pieces(addr, &[b"PR", b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"]).await;
+    // Idle on purpose: twice the head timeout.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // HEADERS, stream 1, END_STREAM | END_HEADERS: :method GET, :scheme http, :path / (static table).
     s.write_all(&[0, 0, 3, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84]).await.unwrap();
     assert_eq!(h2_response_start(&mut s, 1).await, Some(0x88), ":status 200 on stream 1");
     assert_eq!(be.requests(), 1);
 
     // An HTTP/1.1 head whose method arrives in pieces is still checked from its first byte.
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    s.write_all(b"P").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await; // two segments on purpose
-    s.write_all(b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx").await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(out.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&out));
+    let mut s =
+        send_in_pieces(addr, &[b"P", b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"])
+            .await;
+    let resp = read_to_close(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
     assert_eq!(be.requests(), 1, "the refused request never reached the target");
 
     // One byte that could start the preface, then silence: a slow head, not an HTTP/2 connection.

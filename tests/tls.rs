@@ -103,29 +103,25 @@ async fn alpn_selects_h2_or_http1_and_forwarding_headers_say_https() {
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!((resp.status().as_u16(), resp.version()), (200, http::Version::HTTP_2));
 
-    let (cfg, _) = t::recording_client(&["http/1.1"], false);
-    let tls = t::connect(addr, Some("app.test"), cfg).await.unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/over-h1").header("host", "app.test").body(Empty::<Bytes>::new()).unwrap();
-    let resp = tx.send_request(req).await.unwrap();
-    assert_eq!((resp.status().as_u16(), resp.version()), (200, http::Version::HTTP_11));
-    let seen = s.be.last();
-    assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
-    assert_eq!(seen.headers.get("x-forwarded-port").unwrap().to_str().unwrap(), addr.port().to_string());
+    // ALPN http/1.1, and no ALPN at all: HTTP/1.1 (HTTP/2 over TLS is negotiated, RFC 9113
+    // section 3.2), as nginx and HAProxy.
+    for (alpn, negotiated) in [(&["http/1.1"][..], Some(&b"http/1.1"[..])), (&[], None)] {
+        let (cfg, _) = t::recording_client(alpn, false);
+        let tls = t::connect(addr, Some("app.test"), cfg).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), negotiated);
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/over-h1").header("host", "app.test").body(Empty::<Bytes>::new()).unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.version()), (200, http::Version::HTTP_11), "ALPN {alpn:?}");
+        let seen = s.be.last();
+        assert_eq!(seen.headers.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(seen.headers.get("x-forwarded-port").unwrap().to_str().unwrap(), addr.port().to_string());
+    }
 
-    // No ALPN: HTTP/1.1 (HTTP/2 over TLS is negotiated, RFC 9113 section 3.2), as nginx and
-    // HAProxy; an HTTP/2 client that skips ALPN gets no HTTP/2 and reaches no target.
-    let (cfg, _) = t::recording_client(&[], false);
-    let tls = t::connect(addr, Some("app.test"), cfg.clone()).await.unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/no-alpn").header("host", "app.test").body(Empty::<Bytes>::new()).unwrap();
-    let resp = tx.send_request(req).await.unwrap();
-    assert_eq!((resp.status().as_u16(), resp.version()), (200, http::Version::HTTP_11));
+    // An HTTP/2 client that skips ALPN gets no HTTP/2 and reaches no target.
     let before = s.be.requests();
+    let (cfg, _) = t::recording_client(&[], false);
     let tls = t::connect(addr, Some("app.test"), cfg).await.unwrap();
     let h2 = tokio::time::timeout(
         std::time::Duration::from_secs(5),
