@@ -36,5 +36,5 @@ bench:
 # Fuzz targets (fuzz/, needs a nightly toolchain and `cargo install cargo-fuzz`), FUZZ_SECS each.
 FUZZ_SECS ?= 60
 fuzz:
-	cd fuzz && for t in framing_guard request_head; do \
+	cd fuzz && for t in split_reads request_head; do \
 	  $(CARGO) +nightly fuzz run --sanitizer none $$t -- -max_total_time=$(FUZZ_SECS) || exit 1; done

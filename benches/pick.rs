@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
             let set = grp.targets();
             // Some load so least-outstanding has real work: every target but a few is busy.
             let _busy: Vec<_> = set.targets().iter().skip(3).map(|t| t.start_request()).collect();
-            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| b.iter(|| black_box(grp.pick(&set, None))));
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| b.iter(|| black_box(grp.pick(&set, &[]))));
         }
     }
     g.finish();

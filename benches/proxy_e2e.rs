@@ -121,14 +121,14 @@ async fn client_loop(t: Arc<Target>, mode: Mode, stop: Arc<AtomicBool>) -> (Vec<
         Mode::H1 | Mode::Https => {
             let tcp = TcpStream::connect(t.addr).await.unwrap();
             let _ = tcp.set_nodelay(true);
-            let io: Box<dyn pilotfish::proxy::upstream::Io> = match &t.tls {
-                Some(cfg) if mode == Mode::Https => Box::new(
+            let io = match &t.tls {
+                Some(cfg) if mode == Mode::Https => pilotfish::proxy::upstream::Stream::Tls(Box::new(
                     tokio_rustls::TlsConnector::from(cfg.clone())
                         .connect(ServerName::try_from("bench.test").unwrap(), tcp)
                         .await
                         .unwrap(),
-                ),
-                _ => Box::new(tcp),
+                )),
+                _ => pilotfish::proxy::upstream::Stream::Tcp(tcp),
             };
             let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
             tokio::spawn(conn);

@@ -1,5 +1,6 @@
 //! Property tests: the wildcard matcher agrees with a naive reference, the rule index finds the
-//! same rule as a linear scan in priority order, and the config compiler never panics.
+//! same rule as a linear scan in priority order, the config compiler never panics, and the
+//! HTTP/1.1 engine parses the same bytes the same way however they are split into reads.
 
 use http::{HeaderMap, Method};
 use pilotfish::config::{compile, CompileInput};
@@ -129,6 +130,98 @@ proptest! {
             for e in &d.0 {
                 prop_assert!(e.line >= 1 && e.col >= 1, "{}", e);
             }
+        }
+    }
+}
+
+/// A chunked body: chunks of generated sizes, some with extensions, maybe trailers.
+fn chunked_body() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(
+            (0usize..40, proptest::option::of("(;[a-z]{1,3}(=[a-z0-9]{1,3})?|;q=\"[ a-z\\\\\"]{0,4}\")")),
+            0..5,
+        ),
+        proptest::option::of("[A-Z][a-z]{0,5}: [a-z0-9 ]{0,8}"),
+    )
+        .prop_map(|(chunks, trailer)| {
+            let mut b = Vec::new();
+            for (i, (n, ext)) in chunks.iter().enumerate() {
+                let n = n + 1;
+                b.extend_from_slice(format!("{n:x}{}\r\n", ext.as_deref().unwrap_or("")).as_bytes());
+                b.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, n));
+                b.extend_from_slice(b"\r\n");
+            }
+            b.extend_from_slice(b"0\r\n");
+            if let Some(t) = trailer {
+                b.extend_from_slice(t.as_bytes());
+                b.extend_from_slice(b"\r\n");
+            }
+            b.extend_from_slice(b"\r\n");
+            b
+        })
+}
+
+/// An HTTP/1.1 message (request or response) with framing fields and a body, followed by the
+/// start of the next one; sometimes with one byte changed, so refusals are exercised too.
+fn message() -> impl Strategy<Value = (bool, Vec<u8>)> {
+    (
+        any::<bool>(),
+        prop_oneof![Just(0u8), Just(1), Just(2), Just(3)],
+        chunked_body(),
+        "[a-z]{0,30}",
+        proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        proptest::sample::subsequence(
+            vec![
+                "X-A: 1\r\n",
+                "Connection: keep-alive, x-a\r\n",
+                "TE: trailers\r\n",
+                "X-Forwarded-For: 10.0.0.1\r\n",
+                "Accept: */*\n",
+            ],
+            0..5,
+        ),
+    )
+        .prop_map(|(response, framing, chunked, plain, mutation, extra)| {
+            let mut m = if response {
+                b"HTTP/1.1 200 OK\r\n".to_vec()
+            } else {
+                b"POST /p?q=1 HTTP/1.1\r\nHost: a.example\r\n".to_vec()
+            };
+            for f in extra {
+                m.extend_from_slice(f.as_bytes());
+            }
+            match framing {
+                0 => {
+                    m.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                    m.extend_from_slice(&chunked);
+                }
+                1 => m.extend_from_slice(format!("Content-Length: {}\r\n\r\n{plain}", plain.len()).as_bytes()),
+                2 => m.extend_from_slice(
+                    format!("Content-Length: {}\r\nContent-Length: 1\r\n\r\n{plain}", plain.len()).as_bytes(),
+                ),
+                _ => m.extend_from_slice(format!("\r\n{plain}").as_bytes()),
+            }
+            m.extend_from_slice(if response { b"HTTP/1.1 204 N" } else { b"GET /next HT" });
+            if let Some((i, b)) = mutation {
+                let i = i.index(m.len());
+                m[i] = b;
+            }
+            (response, m)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// The HTTP/1.1 engine judges a message (head, framing, body, where it ends) the same way
+    /// however its bytes are split into reads: one read, or pieces of 1..=16 bytes (every
+    /// boundary, with step 1).
+    #[test]
+    fn the_same_bytes_parse_the_same_in_any_reads((response, m) in message()) {
+        let whole = pilotfish::proxy::h1::verdict_in_reads(&m, m.len(), response);
+        for step in 1..=16 {
+            let split = pilotfish::proxy::h1::verdict_in_reads(&m, step, response);
+            prop_assert_eq!(&whole, &split, "reads of {} bytes: {:?}", step, String::from_utf8_lossy(&m));
         }
     }
 }

@@ -1,44 +1,34 @@
-//! Arbitrary bytes through the head path after the framing guard: httparse (hyper's parser, with
-//! hyper's header limit) → `http::Request` → pilotfish's RFC 9112 checks → the head rewrite for
-//! both upstream protocols. Nothing may panic, and an accepted head must leave with exactly one
-//! valid Host for HTTP/1.1 targets and no hop-by-hop fields.
+//! Arbitrary bytes through the request path of the HTTP/1.1 engine: parse → the forwarded head.
+//! Nothing may panic, and what is forwarded must itself parse as a valid HTTP/1.1 request with
+//! the same method and path, exactly one Host, and no hop-by-hop field.
 #![no_main]
 
-use http::{header, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use pilotfish::config::file::UpstreamProtocol;
-use pilotfish::proxy::forward::{prepare_head, ClientInfo};
-use pilotfish::proxy::service::{check_framing, request_host};
+use pilotfish::proxy::forward::ClientInfo;
+use pilotfish::proxy::h1::encode::{request_head, RequestAdditions};
+use pilotfish::proxy::h1::parse::{parse_request, Kind, Limits};
 
-fn to_request(data: &[u8]) -> Option<Request<()>> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(_) = req.parse(data).ok()? else { return None };
-    let mut b = Request::builder()
-        .method(Method::from_bytes(req.method?.as_bytes()).ok()?)
-        .uri(Uri::try_from(req.path?).ok()?)
-        .version(if req.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 });
-    for h in req.headers.iter() {
-        b = b.header(HeaderName::from_bytes(h.name.as_bytes()).ok()?, HeaderValue::from_bytes(h.value).ok()?);
-    }
-    b.body(()).ok()
-}
+const LIMITS: Limits = Limits { max_head_bytes: 65536, max_headers: 100, max_uri_bytes: 8192 };
 
 fuzz_target!(|data: &[u8]| {
-    let Some(req) = to_request(data) else { return };
-    if check_framing(&req).is_err() {
-        return;
-    }
-    let Ok(host) = request_host(&req) else { return };
-    let host = host.to_owned();
+    let Ok(Some(head)) = parse_request(data, 0, data.len(), &LIMITS) else { return };
     let client = ClientInfo::new("127.0.0.1:40000".parse().unwrap(), "http", 80);
-    for protocol in [UpstreamProtocol::Http1, UpstreamProtocol::Http2] {
-        let (mut parts, ()) = req.clone().into_parts();
-        prepare_head(&mut parts, &client, &host, protocol);
-        assert!(parts.headers.get(header::CONNECTION).is_none());
-        assert!(parts.headers.get(header::TRANSFER_ENCODING).is_none());
-        if protocol == UpstreamProtocol::Http1 && !host.is_empty() {
-            assert_eq!(parts.headers.get_all(header::HOST).iter().count(), 1);
-        }
+    let add = RequestAdditions {
+        client: &client,
+        request_id: Some(b"1-00000000-000000000000000000000000"),
+        host: head.authority.is_none().then_some(&b"127.0.0.1:80"[..]),
+        chunked: head.body == pilotfish::proxy::h1::parse::BodyLen::Chunked,
+    };
+    let mut out = Vec::new();
+    request_head(&mut out, data, &head, &add);
+    let again = parse_request(&out, 0, out.len(), &LIMITS)
+        .unwrap_or_else(|e| panic!("forwarded head refused ({e:?}): {:?}", String::from_utf8_lossy(&out)))
+        .expect("the forwarded head is complete");
+    assert_eq!(again.method(&out), head.method(data));
+    assert_eq!(again.path_str(&out), head.path_str(data));
+    assert_eq!(again.fields.of(Kind::Host).count(), 1);
+    for k in [Kind::Connection, Kind::KeepAlive, Kind::ProxyConnection, Kind::ProxyAuthorization, Kind::Trailer] {
+        assert!(again.fields.first(k).is_none(), "{k:?} forwarded");
     }
+    assert!(!again.bare_lf);
 });

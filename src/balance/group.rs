@@ -264,13 +264,13 @@ impl TargetGroup {
         !set.targets.iter().any(|t| t.is_routable()) && set.targets.iter().any(|t| t.state() == TargetState::Unhealthy)
     }
 
-    /// Picks a target for a new request, skipping `skip` (a target that already failed this
-    /// request). Healthy targets first, each new one admitted at its slow-start share; when none
+    /// Picks a target for a new request, skipping `tried` (targets that already failed this
+    /// request: a retry never goes back to one). Healthy targets first, each new one admitted at its slow-start share; when none
     /// is healthy, any unhealthy one (fail-open, ALB's rule). `initial` and `draining` targets
     /// never get new requests.
     #[inline]
-    pub fn pick(&self, set: &TargetSet, skip: Option<&Arc<Target>>) -> Option<Arc<Target>> {
-        let not_skipped = |t: &Target| skip.is_none_or(|s| !std::ptr::eq(&**s, t));
+    pub fn pick(&self, set: &TargetSet, tried: &[Arc<Target>]) -> Option<Arc<Target>> {
+        let not_skipped = |t: &Target| !tried.iter().any(|s| std::ptr::eq(&**s, t));
         let alg = self.settings.algorithm;
         let healthy = |t: &Target| t.is_routable() && not_skipped(t);
         if let Some(t) = pick(alg, set, &self.cursor, &healthy) {
@@ -331,11 +331,11 @@ pub(crate) mod tests {
         set.targets()[0].set_state(TargetState::Healthy, Reason::None);
         set.targets()[1].set_state(TargetState::Healthy, Reason::None);
         // Both just became healthy: each is at 10%, so rejections fall back to the other.
-        let fresh = (0..2000).filter(|_| g.pick(&set, None).unwrap().addr == set.targets()[1].addr).count();
+        let fresh = (0..2000).filter(|_| g.pick(&set, &[]).unwrap().addr == set.targets()[1].addr).count();
         assert!((800..1200).contains(&fresh), "two fresh targets still split evenly: {fresh}");
         let old = Target::new(SocketAddr::from(([127, 0, 0, 1], 3)), 1, TargetState::Healthy);
         let set2 = TargetSet::from_targets(vec![old, set.targets()[1].clone()]);
-        let fresh = (0..4000).filter(|_| g.pick(&set2, None).unwrap().addr == set.targets()[1].addr).count();
+        let fresh = (0..4000).filter(|_| g.pick(&set2, &[]).unwrap().addr == set.targets()[1].addr).count();
         // share = 0.5 × 0.1 = 5% of 4000 = 200.
         assert!((100..320).contains(&fresh), "a fresh target gets ~5%: {fresh}");
     }
@@ -350,7 +350,7 @@ pub(crate) mod tests {
         assert_eq!(tb.state(), TargetState::Draining);
         let set = g.targets();
         for _ in 0..10 {
-            assert_eq!(g.pick(&set, None).unwrap().addr, a.addr, "draining targets get no new requests");
+            assert_eq!(g.pick(&set, &[]).unwrap().addr, a.addr, "draining targets get no new requests");
         }
         assert!(g.sweep_draining().is_empty(), "still busy");
         drop(req);
@@ -366,17 +366,17 @@ pub(crate) mod tests {
         let g = TargetGroup::new("g".into(), s, &[spec(1), spec(2)], None);
         let set = g.targets();
         let (t1, t2) = (set.targets()[0].clone(), set.targets()[1].clone());
-        assert!(g.pick(&set, None).is_none(), "initial targets get no traffic");
+        assert!(g.pick(&set, &[]).is_none(), "initial targets get no traffic");
         t1.set_state(TargetState::Unhealthy, Reason::Timeout);
         assert!(g.is_fail_open());
-        assert_eq!(g.pick(&set, None).unwrap().addr, t1.addr);
+        assert_eq!(g.pick(&set, &[]).unwrap().addr, t1.addr);
         t2.set_state(TargetState::Unhealthy, Reason::Timeout);
-        let picks: Vec<_> = (0..4).map(|_| g.pick(&set, None).unwrap().addr).collect();
+        let picks: Vec<_> = (0..4).map(|_| g.pick(&set, &[]).unwrap().addr).collect();
         assert!(picks.contains(&t1.addr) && picks.contains(&t2.addr), "fail-open round-robins: {picks:?}");
         t2.set_state(TargetState::Initial, Reason::InitialHealthChecking);
-        assert!(g.pick(&set, Some(&t1)).is_none());
+        assert!(g.pick(&set, std::slice::from_ref(&t1)).is_none());
         t2.set_state(TargetState::Healthy, Reason::None);
         assert!(!g.is_fail_open());
-        assert_eq!(g.pick(&set, None).unwrap().addr, t2.addr);
+        assert_eq!(g.pick(&set, &[]).unwrap().addr, t2.addr);
     }
 }

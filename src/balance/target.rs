@@ -1,6 +1,7 @@
 //! A target: one upstream address with its live, lock-free state. A `Target` keeps its identity
 //! (`Arc`) across snapshots and discovery updates, so in-flight counts, health, the slow-start
-//! clock and the connection pool survive reloads.
+//! clock and the stable [`Target::id`] (which keys the workers' connection pools, see
+//! `proxy::upstream`) survive reloads.
 //!
 //! The health state machine (ALB's): `initial` → one passing check → `healthy`;
 //! `unhealthy_threshold` consecutive failures (active checks, or connect failures / resets /
@@ -11,8 +12,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
-
-use crate::proxy::upstream::Pool;
 
 /// Lifecycle state of a target (ALB's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +124,8 @@ pub fn now_ms() -> u64 {
 /// One upstream address and its shared, lock-free state.
 #[derive(Debug)]
 pub struct Target {
+    /// Unique for the process's life: what the data plane keys a target's connections by.
+    pub id: u64,
     pub addr: SocketAddr,
     /// Relative weight for `weighted_random` (ALB range 0–999).
     weight: AtomicU32,
@@ -142,14 +143,14 @@ pub struct Target {
     last_check_result: AtomicU8,
     /// [`now_ms`] of the next active check (health checker only).
     pub(crate) next_check: AtomicU64,
-    /// Keep-alive connections to this target.
-    pub pool: Pool,
 }
 
 impl Target {
     /// A new target in `state`.
     pub fn new(addr: SocketAddr, weight: u32, state: TargetState) -> Arc<Target> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let t = Target {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addr,
             weight: AtomicU32::new(weight),
             in_flight: AtomicU32::new(0),
@@ -166,7 +167,6 @@ impl Target {
             last_check_unix_ms: AtomicU64::new(0),
             last_check_result: AtomicU8::new(0),
             next_check: AtomicU64::new(0),
-            pool: Pool::new(),
         };
         // Targets that start healthy (no checks configured) keep healthy_since at 0: no slow start.
         Arc::new(t)

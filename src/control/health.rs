@@ -93,6 +93,7 @@ async fn check_one(state: Arc<SharedState>, group: Arc<TargetGroup>, target: Arc
 async fn probe(addr: SocketAddr, path: &str, settings: &GroupSettings) -> Result<u16, Reason> {
     let io = upstream::open(addr, settings.tls.as_deref(), settings.connect_timeout)
         .await
+        .map(hyper_util::rt::TokioIo::new)
         .map_err(|_| Reason::ConnectionFailed)?;
     let host = addr.to_string();
     let scheme = if settings.tls.is_some() { "https" } else { "http" };

@@ -1,63 +1,196 @@
-//! The response body type of every response the balancer sends: a fixed buffer, or a target's
-//! body streamed through. The streamed variant owns the request's in-flight guard and, for
-//! HTTP/1.1, the upstream connection, which goes back to the pool only when the body was read to
-//! its end (a half-read connection cannot be reused). The access log record rides along and is
-//! written when the body ends or is dropped, with the bytes sent and the time it took.
+//! The body of every response the HTTP/2 server sends: fixed bytes (an [`super::answer::Answer`]),
+//! an HTTP/2 target's body streamed through, or an HTTP/1.1 target's body read from its
+//! connection by the engine's decoder (the version seam). A relayed body owns the request's
+//! in-flight guard; an HTTP/1.1 target connection goes back to the worker's pool only when its
+//! body was read to a clean end. The access log line rides along and is written when the body
+//! ends, or with `error` set when it is dropped before.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use tokio::time::Sleep;
 
-use super::upstream::UpBody;
+use super::h1::body::{Decoder, Event};
+use super::h1::buf::Buf;
+use super::service::RequestLog;
+use super::upstream::{self, Conn};
 use crate::balance::InFlightGuard;
-use crate::telemetry::access_log::{secs, AccessLog, Record};
 use crate::telemetry::metrics::ListenerStats;
-use std::sync::Arc;
+
+/// The error type of relayed bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 enum Kind {
     Full(Option<Bytes>),
-    Proxied(ProxiedBody),
+    H2 { inner: Incoming, guard: Option<InFlightGuard> },
+    H1(Box<H1Source>),
 }
 
-/// A response body: fixed bytes or a relayed target body, plus the pending access log line.
+/// A response body for the HTTP/2 server.
 pub struct RespBody {
     kind: Kind,
-    log: Option<Box<PendingLog>>,
+    log: RequestLog,
     /// Where body bytes are counted (ProcessedBytes).
     stats: Option<Arc<ListenerStats>>,
 }
 
-struct PendingLog {
-    log: AccessLog,
-    record: Record,
-    head_sent: Instant,
+/// An HTTP/1.1 target's response body, read from its connection.
+pub struct H1Source {
+    conn: Option<Conn>,
+    tbuf: Buf,
+    dec: Decoder,
+    target: u64,
+    guard: Option<InFlightGuard>,
+    /// The connection may be pooled if the body ends cleanly.
+    reusable: bool,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl H1Source {
+    /// The body after the head: `tbuf` holds what was read past the head.
+    pub fn new(
+        conn: Conn,
+        tbuf: Buf,
+        dec: Decoder,
+        target: u64,
+        guard: InFlightGuard,
+        reusable: bool,
+        idle: Duration,
+    ) -> Self {
+        H1Source { conn: Some(conn), tbuf, dec, target, guard: Some(guard), reusable, idle, timer: None }
+    }
+
+    /// The body ended cleanly: the connection goes back to the pool when nothing is left over.
+    fn finish(&mut self) {
+        self.guard = None;
+        if let Some(conn) = self.conn.take() {
+            if self.reusable && self.tbuf.is_empty() {
+                upstream::checkin(self.target, conn);
+            }
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.conn.is_none() {
+                return Poll::Ready(None);
+            }
+            let filled = self.tbuf.filled();
+            let (used, ev) = match self.dec.next(filled) {
+                Ok(x) => x,
+                Err(why) => return Poll::Ready(Some(Err(self.fail(why)))),
+            };
+            match ev {
+                Event::Data(r) => {
+                    let b = Bytes::copy_from_slice(&filled[r]);
+                    self.tbuf.consume(used);
+                    self.timer = None;
+                    if self.dec.is_done() {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Event::Trailers(r) => {
+                    let map = trailer_map(&filled[r]);
+                    self.tbuf.consume(used);
+                    self.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(map))));
+                }
+                Event::End => {
+                    self.tbuf.consume(used);
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Event::More => {}
+            }
+            self.tbuf.reset_if_empty();
+            if self.tbuf.spare() == 0 {
+                self.tbuf.compact_to(0);
+            }
+            let conn = self.conn.as_mut().expect("checked above");
+            match self.tbuf.poll_read_from(&mut conn.io, cx) {
+                Poll::Ready(Ok(0)) => match self.dec.at_eof() {
+                    Ok(()) => {
+                        self.reusable = false;
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Err(why) => return Poll::Ready(Some(Err(self.fail(why)))),
+                },
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.fail_io(e)))),
+                Poll::Pending => {}
+            }
+            let idle = self.idle;
+            let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(self.fail("target_read_timeout"))));
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> BoxError {
+        self.conn = None;
+        self.guard = None;
+        why.into()
+    }
+
+    fn fail_io(&mut self, e: std::io::Error) -> BoxError {
+        self.conn = None;
+        self.guard = None;
+        e.into()
+    }
+}
+
+/// A trailer section's fields (already checked by the decoder) as a header map.
+fn trailer_map(section: &[u8]) -> HeaderMap {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut map = HeaderMap::new();
+    if let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields) {
+        for f in fields {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value)) {
+                map.append(n, v);
+            }
+        }
+    }
+    map
 }
 
 impl RespBody {
     /// A fixed body.
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        RespBody { kind: Kind::Full((!b.is_empty()).then_some(b)), log: None, stats: None }
+        RespBody { kind: Kind::Full((!b.is_empty()).then_some(b)), log: RequestLog::default(), stats: None }
     }
 
-    /// An empty body.
-    pub fn empty() -> Self {
-        RespBody { kind: Kind::Full(None), log: None, stats: None }
+    /// An HTTP/2 target's body.
+    pub fn h2(inner: Incoming, guard: InFlightGuard) -> Self {
+        let mut b = RespBody { kind: Kind::H2 { inner, guard: Some(guard) }, log: RequestLog::default(), stats: None };
+        if let Kind::H2 { inner, guard } = &mut b.kind {
+            if inner.is_end_stream() {
+                *guard = None;
+            }
+        }
+        b
     }
 
-    /// A target's body.
-    pub fn proxied(p: ProxiedBody) -> Self {
-        RespBody { kind: Kind::Proxied(p), log: None, stats: None }
+    /// An HTTP/1.1 target's body.
+    pub fn h1(source: H1Source) -> Self {
+        RespBody { kind: Kind::H1(Box::new(source)), log: RequestLog::default(), stats: None }
     }
 
-    /// Writes `record` to `log` when this body ends (bytes_out and response time filled in).
-    pub fn log_on_end(&mut self, log: AccessLog, record: Record) {
-        self.log = Some(Box::new(PendingLog { log, record, head_sent: Instant::now() }));
+    /// Writes `log` when this body ends (bytes sent and the time it took filled in).
+    pub fn log_on_end(&mut self, log: RequestLog) {
+        self.log = log;
     }
 
     /// Counts this body's bytes into `stats` (ProcessedBytes).
@@ -66,90 +199,55 @@ impl RespBody {
     }
 
     fn count(&mut self, n: usize) {
-        if let Some(l) = &mut self.log {
-            l.record.bytes_out += n as u64;
-        }
+        self.log.add_bytes_out(n as u64);
         if let Some(s) = &self.stats {
             s.processed_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
-    fn flush_log(&mut self, incomplete: bool) {
-        if let Some(mut l) = self.log.take() {
-            l.record.response_processing_time = secs(l.head_sent.elapsed());
-            if incomplete && l.record.error.is_none() {
-                l.record.error = Some("response_incomplete");
-            }
-            l.log.log(l.record);
-        }
+    fn end_log(&mut self, error: Option<&'static str>) {
+        std::mem::take(&mut self.log).finish(error);
     }
 }
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        let done = self.is_end_stream();
-        self.flush_log(!done);
-    }
-}
-
-/// A target's body on its way to the client.
-pub struct ProxiedBody {
-    inner: Incoming,
-    guard: Option<InFlightGuard>,
-    conn: Option<http1::SendRequest<UpBody>>,
-}
-
-impl ProxiedBody {
-    /// Wraps `inner`; `conn` is returned to the guard's target pool at the end of the body.
-    pub fn new(inner: Incoming, guard: InFlightGuard, conn: Option<http1::SendRequest<UpBody>>) -> Self {
-        let mut b = ProxiedBody { inner, guard: Some(guard), conn };
-        if b.inner.is_end_stream() {
-            b.finish();
-        }
-        b
-    }
-
-    fn finish(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            if let Some(conn) = self.conn.take() {
-                guard.target().pool.checkin(conn);
-            }
+        if self.log.is_on() {
+            let done = self.is_end_stream();
+            self.end_log((!done).then_some("response_incomplete"));
         }
     }
 }
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let r = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Proxied(p) => {
-                let r = Pin::new(&mut p.inner).poll_frame(cx);
+            Kind::H2 { inner, guard } => {
+                let r = Pin::new(&mut *inner).poll_frame(cx).map_err(BoxError::from);
                 match &r {
-                    Poll::Ready(None) => p.finish(),
-                    Poll::Ready(Some(Ok(_))) if p.inner.is_end_stream() => p.finish(),
-                    Poll::Ready(Some(Err(_))) => {
-                        p.conn = None;
-                        p.guard = None;
-                    }
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => *guard = None,
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => *guard = None,
                     _ => {}
                 }
                 r
             }
+            Kind::H1(src) => src.poll_frame(cx),
         };
         match &r {
             Poll::Ready(Some(Ok(f))) => {
                 let n = f.data_ref().map_or(0, |d| d.len());
                 this.count(n);
                 if this.is_end_stream() {
-                    this.flush_log(false);
+                    this.end_log(None);
                 }
             }
-            Poll::Ready(None) => this.flush_log(false),
-            Poll::Ready(Some(Err(_))) => this.flush_log(true),
+            Poll::Ready(None) => this.end_log(None),
+            Poll::Ready(Some(Err(_))) => this.end_log(Some("response_incomplete")),
             Poll::Pending => {}
         }
         r
@@ -158,14 +256,20 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Proxied(p) => p.inner.is_end_stream(),
+            Kind::H2 { inner, .. } => inner.is_end_stream(),
+            Kind::H1(src) => src.conn.is_none() || src.dec.is_done(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Proxied(p) => p.inner.size_hint(),
+            Kind::H2 { inner, .. } => inner.size_hint(),
+            Kind::H1(src) => match src.dec {
+                Decoder::Length(n) => SizeHint::with_exact(n),
+                Decoder::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
         }
     }
 }

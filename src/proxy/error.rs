@@ -1,4 +1,5 @@
-//! Errors of the request path and the one place that maps them to what the client sees.
+//! Errors of the request path and the one place that maps them to what the client sees (the
+//! status here; the response itself is an [`super::answer::Answer`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,18 +17,30 @@ pub enum ProxyError {
     ConnectTimeout(SocketAddr),
     #[error("TLS with target {addr} failed: {source}")]
     Tls { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP handshake with target {addr} failed: {source}")]
+    #[error("HTTP/2 handshake with target {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
-    #[error("target {addr} failed before sending a response: {source}")]
+    #[error("HTTP/2 target {addr} failed before sending a response: {source}")]
     Upstream { addr: SocketAddr, source: hyper::Error },
+    #[error("target {0} closed or reset the connection before sending a response")]
+    TargetReset(SocketAddr),
+    #[error("target {addr} sent a malformed response ({reason})")]
+    BadResponse { addr: SocketAddr, reason: &'static str },
     #[error("target {0} did not send a response head within response_timeout")]
     ResponseTimeout(SocketAddr),
+    /// A malformed request (the reason says what).
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The request head or body did not arrive in time.
+    #[error("the client was too slow sending its request")]
+    RequestTimeout,
+    #[error("request head larger than max_header_bytes or max_headers ({0})")]
+    HeadTooLarge(&'static str),
     #[error("request body larger than the listener's max_request_body")]
     PayloadTooLarge,
     #[error("request target longer than max_uri_bytes")]
     UriTooLong,
+    #[error("method not supported ({0})")]
+    MethodNotAllowed(&'static str),
 }
 
 impl ProxyError {
@@ -39,11 +52,16 @@ impl ProxyError {
             | ProxyError::ConnectTimeout(_)
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
-            | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::Upstream { .. }
+            | ProxyError::TargetReset(_)
+            | ProxyError::BadResponse { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -55,23 +73,29 @@ impl ProxyError {
             ProxyError::ConnectTimeout(_) => "target_connect_timeout",
             ProxyError::Tls { .. } => "target_tls_failed",
             ProxyError::Handshake { .. } => "target_handshake_failed",
-            ProxyError::Upstream { .. } => "target_reset",
+            ProxyError::Upstream { .. } | ProxyError::TargetReset(_) => "target_reset",
+            ProxyError::BadResponse { reason, .. } => reason,
             ProxyError::ResponseTimeout(_) => "target_response_timeout",
-            ProxyError::BadRequest(r) => r,
+            ProxyError::BadRequest(r) | ProxyError::HeadTooLarge(r) | ProxyError::MethodNotAllowed(r) => r,
+            ProxyError::RequestTimeout => "request_timeout",
             ProxyError::PayloadTooLarge => "request_body_too_large",
             ProxyError::UriTooLong => "uri_too_long",
         }
     }
 
-    /// The short text body sent to the client.
-    pub fn body(&self) -> &'static str {
-        match self.status() {
-            StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable: no healthy target\n",
-            StatusCode::BAD_GATEWAY => "502 Bad Gateway: the target refused, reset or sent a bad response\n",
-            StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout: the target did not respond in time\n",
-            StatusCode::PAYLOAD_TOO_LARGE => "413 Content Too Large\n",
-            StatusCode::URI_TOO_LONG => "414 URI Too Long\n",
-            _ => "400 Bad Request\n",
+    /// Whether the client connection closes after this answer: the request may not have been
+    /// read to its end, or the client is misbehaving.
+    pub fn closes(&self) -> bool {
+        self.status().is_client_error()
+    }
+
+    /// The error for a refused request head.
+    pub fn from_head(e: super::h1::parse::HeadError) -> ProxyError {
+        match e.status {
+            431 => ProxyError::HeadTooLarge(e.reason),
+            414 => ProxyError::UriTooLong,
+            405 => ProxyError::MethodNotAllowed(e.reason),
+            _ => ProxyError::BadRequest(e.reason),
         }
     }
 }

@@ -1,40 +1,57 @@
-//! Forwarding one request to a target group: header rewriting, target choice, retries on another
-//! target, timeouts, and relaying the response.
+//! Forwarding facts of a client connection ([`ClientInfo`]), request ids, and the header
+//! rewriting of requests and responses that travel as `http` header maps (to and from HTTP/2
+//! peers; the HTTP/1.1 engine edits heads in place, see [`super::h1::encode`]).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, Uri, Version};
-use http_body_util::{Either, Empty, Limited};
-use hyper::body::Incoming;
+use http::{request, Uri, Version};
 
-use super::body::{ProxiedBody, RespBody};
-use super::error::ProxyError;
-use super::upstream::{Sender, UpBody};
-use crate::balance::Target;
 use crate::config::file::UpstreamProtocol;
-use crate::config::snapshot::ForwardArm;
 
-/// Where a request came from, for the forwarding headers.
+/// Where a request came from, for the forwarding headers. The client's IP and the listener's
+/// port are formatted once per connection, inline (no allocation per connection).
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     /// `http` or `https`.
     pub proto: &'static str,
     pub listener_port: u16,
-    /// The client's IP and the listener's port as header values, formatted once per connection.
-    ip_value: HeaderValue,
-    port_value: HeaderValue,
+    ip: [u8; 46],
+    ip_len: u8,
+    port: [u8; 5],
+    port_len: u8,
 }
 
 impl ClientInfo {
     /// The forwarding facts of a connection from `addr` to a `proto` listener on `listener_port`.
     pub fn new(addr: SocketAddr, proto: &'static str, listener_port: u16) -> Self {
-        let ip_value = HeaderValue::from_str(&addr.ip().to_canonical().to_string())
-            .expect("an IP address is a valid header value");
-        ClientInfo { addr, proto, listener_port, ip_value, port_value: HeaderValue::from(listener_port) }
+        let mut ip = [0u8; 46];
+        let mut w = &mut ip[..];
+        let _ = write!(w, "{}", addr.ip().to_canonical());
+        let ip_len = (46 - w.len()) as u8;
+        let mut port = [0u8; 5];
+        let mut w = &mut port[..];
+        let _ = write!(w, "{listener_port}");
+        let port_len = (5 - w.len()) as u8;
+        ClientInfo { addr, proto, listener_port, ip, ip_len, port, port_len }
+    }
+
+    /// The client's IP address as text (IPv4-mapped addresses as IPv4).
+    #[inline]
+    pub fn ip_text(&self) -> &[u8] {
+        &self.ip[..usize::from(self.ip_len)]
+    }
+
+    /// The listener's port as text.
+    #[inline]
+    pub fn port_text(&self) -> &[u8] {
+        &self.port[..usize::from(self.port_len)]
+    }
+
+    fn ip_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.ip_text()).expect("an IP address is a valid header value")
     }
 }
 
@@ -108,7 +125,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// A new request id in ALB's trace-id shape: `1-<epoch seconds hex>-<24 hex random>`.
-pub fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> [u8; 35] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32;
     let mut buf = [0u8; 35];
@@ -125,7 +142,12 @@ pub fn new_request_id() -> HeaderValue {
     for i in 0..8 {
         buf[27 + i] = HEX[((b >> (28 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    buf
+}
+
+/// [`new_request_id`] as a header value.
+pub fn new_request_id_value() -> HeaderValue {
+    HeaderValue::from_bytes(&new_request_id()).expect("hex is a valid header value")
 }
 
 /// Rewrites a client request head for a target: hop-by-hop stripped, forwarding headers set,
@@ -137,13 +159,13 @@ pub fn prepare_head(parts: &mut request::Parts, client: &ClientInfo, host: &str,
             // Appending needs a new value; the common case (no XFF yet) reuses the connection's.
             HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip().to_canonical())).ok()
         }
-        _ => Some(client.ip_value.clone()),
+        _ => Some(client.ip_value()),
     };
     if let Some(v) = xff {
         parts.headers.insert(&X_FORWARDED_FOR, v);
     }
     parts.headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto));
-    parts.headers.insert(&X_FORWARDED_PORT, client.port_value.clone());
+    parts.headers.insert(&X_FORWARDED_PORT, HeaderValue::from(client.listener_port));
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     match protocol {
         UpstreamProtocol::Http1 => {
@@ -170,160 +192,6 @@ pub fn prepare_head(parts: &mut request::Parts, client: &ClientInfo, host: &str,
             parts.version = Version::HTTP_2;
         }
     }
-}
-
-/// The head of a body-less idempotent request, kept to send it again on another target.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn request(&self) -> Request<UpBody> {
-        let mut r = Request::new(Either::Right(Empty::new()));
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
-}
-
-/// The request to send first and, when it may be sent again (a body-less idempotent request and
-/// retries configured), a copy of its head. A plain function: the parts it splits and joins would
-/// otherwise keep their room in the forwarding future for the whole exchange.
-fn for_retries(req: Request<Limited<Incoming>>, retries: u32) -> (Request<UpBody>, Option<Replay>) {
-    let (parts, body) = req.into_parts();
-    let replay =
-        (retries > 0 && http_body::Body::is_end_stream(&body) && is_idempotent(&parts.method)).then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-        });
-    (Request::from_parts(parts, Either::Left(body)), replay)
-}
-
-/// What happened on the way, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct ForwardInfo {
-    pub target: Option<SocketAddr>,
-    pub target_time: Option<std::time::Duration>,
-    pub attempts: u32,
-}
-
-/// Connection attempts through a pooled connection that turned out closed before the request was
-/// written: not the target's fault and not counted as retries, but bounded.
-const MAX_STALE: u32 = 3;
-
-/// Sends `req` (head already prepared) to a target of `arm`'s group and returns its response.
-pub async fn forward(
-    arm: &ForwardArm,
-    req: Request<Limited<Incoming>>,
-    info: &mut ForwardInfo,
-) -> Result<Response<RespBody>, ProxyError> {
-    let group = &arm.group;
-    let settings = &group.settings;
-    let set = group.targets();
-    let (pending, replay) = for_retries(req, settings.retries);
-    let mut pending = Some(pending);
-    let mut failed: Option<Arc<Target>> = None;
-    let mut last_err = None;
-    let mut stale = 0;
-    let mut attempt = 0;
-    while attempt <= settings.retries {
-        let Some(target) = group.pick(&set, failed.as_ref()) else { break };
-        info.attempts += 1;
-        info.target = Some(target.addr);
-        let guard = target.start_request();
-        let sender = match target.pool.checkout(target.addr, settings).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");
-                arm.group_stats.target_connection_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                passive_failure(arm, &target);
-                last_err = Some(e);
-                failed = Some(target);
-                attempt += 1;
-                continue;
-            }
-        };
-        let Some(req) = pending.take().or_else(|| replay.as_ref().map(Replay::request)) else { break };
-        let sent_at = Instant::now();
-        let (result, conn) = match sender {
-            Sender::H1(mut tx) => {
-                (tokio::time::timeout(settings.response_timeout, tx.try_send_request(req)).await, Some(tx))
-            }
-            Sender::H2(mut tx) => {
-                (tokio::time::timeout(settings.response_timeout, tx.try_send_request(req)).await, None)
-            }
-        };
-        match result {
-            Err(_elapsed) => {
-                passive_failure(arm, &target);
-                return Err(ProxyError::ResponseTimeout(target.addr));
-            }
-            Ok(Ok(resp)) => {
-                target.record_passive_success();
-                let took = sent_at.elapsed();
-                info.target_time = Some(took);
-                arm.target_response.observe(took);
-                let (mut parts, body) = resp.into_parts();
-                let conn = conn.filter(|_| !closes(&parts.headers));
-                strip_hop_by_hop(&mut parts.headers);
-                return Ok(Response::from_parts(parts, RespBody::proxied(ProxiedBody::new(body, guard, conn))));
-            }
-            Ok(Err(mut e)) => {
-                if let Some(req) = e.take_message() {
-                    // Not written: the pooled connection was already closing. Try a fresh one.
-                    pending = Some(req);
-                    stale += 1;
-                    if stale <= MAX_STALE {
-                        continue;
-                    }
-                }
-                let source = e.into_error();
-                if source.is_user() {
-                    // The client's body failed (a malformed chunk, a reset, over the limit): the
-                    // client's fault, not the target's. The target saw a cleanly framed,
-                    // incomplete request.
-                    let too_large =
-                        std::error::Error::source(&source).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-                    return Err(if too_large {
-                        ProxyError::PayloadTooLarge
-                    } else {
-                        ProxyError::BadRequest("malformed_request_body")
-                    });
-                }
-                tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, error = %source, "target failed before responding");
-                passive_failure(arm, &target);
-                last_err = Some(ProxyError::Upstream { addr: target.addr, source });
-                failed = Some(target);
-                attempt += 1;
-            }
-        }
-    }
-    Err(last_err.unwrap_or_else(|| ProxyError::NoTarget(group.name.clone())))
-}
-
-/// A transport failure on live traffic counts as a failed health check at once (outlier
-/// ejection). Only with active checks configured: they are what brings a target back.
-fn passive_failure(arm: &ForwardArm, target: &Target) {
-    if let Some(hc) = &arm.group.settings.health_check {
-        if target.record_passive_failure(hc.unhealthy_threshold) {
-            tracing::warn!(target_group = %arm.group.name, target = %target.addr, "target ejected after failures on live traffic");
-        }
-    }
-}
-
-fn closes(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
 #[cfg(test)]
@@ -355,10 +223,18 @@ mod tests {
 
     #[test]
     fn request_ids_have_alb_shape() {
-        let id = new_request_id();
+        let id = new_request_id_value();
         let s = id.to_str().unwrap();
         assert_eq!(s.len(), 35);
         assert!(s.starts_with("1-") && s.as_bytes()[10] == b'-');
-        assert_ne!(new_request_id(), id);
+        assert_ne!(new_request_id_value(), id);
+    }
+
+    #[test]
+    fn client_addresses_are_formatted_once() {
+        let c = ClientInfo::new("[::ffff:10.1.2.3]:9".parse().unwrap(), "http", 443);
+        assert_eq!((c.ip_text(), c.port_text()), (&b"10.1.2.3"[..], &b"443"[..]));
+        let c = ClientInfo::new("[2001:db8:1:2:3:4:5:6]:9".parse().unwrap(), "https", 65535);
+        assert_eq!((c.ip_text(), c.port_text()), (&b"2001:db8:1:2:3:4:5:6"[..], &b"65535"[..]));
     }
 }

@@ -1,13 +1,16 @@
-//! The data plane's request path: listeners and connections ([`listener`]), the per-request
-//! pipeline ([`service`]), forwarding and header rewriting ([`forward`]), strict HTTP/1.1 framing on the raw stream
-//! ([`framing`]), target connections
-//! ([`upstream`]), the worker runtimes ([`workers`]), response bodies ([`body`]) and the error → status mapping ([`error`]).
-//! Everything here only *reads* shared state.
+//! The data plane's request path: listeners and connections ([`listener`]), the HTTP/1.1
+//! engine ([`h1`]), HTTP/2 over hyper and the version seams ([`h2`]), what both share
+//! ([`service`]), every response the balancer makes itself ([`answer`]), worker-local target
+//! connections ([`upstream`]), header rewriting for header maps ([`forward`]), the worker
+//! runtimes ([`workers`]), HTTP/2 response bodies ([`body`]) and the error → status mapping
+//! ([`error`]). Everything here only *reads* shared state.
 
+pub mod answer;
 pub mod body;
 pub mod error;
 pub mod forward;
-pub mod framing;
+pub mod h1;
+pub mod h2;
 pub mod listener;
 pub mod service;
 pub mod upstream;

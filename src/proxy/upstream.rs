@@ -1,155 +1,170 @@
-//! Connections to targets: a per-target pool of idle HTTP/1.1 connections and one shared
-//! multiplexed HTTP/2 (h2c) connection, with connect timeouts. The pool is sharded per worker
-//! ([`super::workers`]): a target connection is driven by the runtime that opened it, so a request
-//! only ever uses connections of its own worker (no cross-thread wake-ups).
+//! Connections to targets, owned by the worker that uses them: a pool of idle HTTP/1.1
+//! connections and one multiplexed HTTP/2 connection per target, keyed by the target's stable id
+//! ([`crate::balance::Target::id`]), in a thread-local map. A connection is only ever used by the
+//! worker (thread) that opened it, so the pool needs no lock and no atomics, and `balance` knows
+//! nothing about connections.
 //!
 //! Idle HTTP/1.1 connections are reused last-in, first-out (as nginx's upstream keepalive cache
-//! does): the connection used most recently is the one least likely to be closing on the target's
-//! keep-alive timeout, and after a burst the connections it no longer needs age out at the other
-//! end instead of being kept warm in rotation. Each shard holds only as many entries as it has idle
-//! connections (a `Mutex<VecDeque>` touched by one worker, so never contended), not a fixed-size
-//! queue per target and worker.
+//! does): the one used most recently is the least likely to be closing on the target's keep-alive
+//! timeout, and after a burst the ones no longer needed age out at the other end instead of being
+//! kept warm in rotation. A connection enters the pool only with nothing unread and nothing owed
+//! (see [`super::h1::client`]); taking one out checks, without a system call when nothing
+//! arrived, that the target has neither closed it nor sent bytes since: bytes no request asked
+//! for never reach a client. An idle connection holds no buffer.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http_body_util::{Either, Empty, Limited};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustc_hash::FxHashMap;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use rustls::pki_types::ServerName;
-
 use super::error::ProxyError;
-use super::workers::current_index;
 use crate::balance::GroupSettings;
-use crate::config::file::UpstreamProtocol;
 use crate::tls::client::UpstreamTls;
-
-/// The body type sent to targets: the client's body (within the listener's body limit), or
-/// nothing (a replayed request).
-pub type UpBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// Idle HTTP/1.1 connections kept per target and worker; more are closed when returned.
 const MAX_IDLE_PER_TARGET: usize = 512;
 /// Idle connections older than this are not reused: many servers close idle keep-alive
 /// connections after 60 s or less, and reusing one as it closes costs a retry.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
+/// How often a worker drops aged-out connections of targets it no longer sends to.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-struct IdleConn {
-    tx: http1::SendRequest<UpBody>,
+/// The request body type sent to HTTP/2 targets.
+pub type H2Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A byte stream to a target: TCP, or TLS over it.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An HTTP/1.1 connection to a target, ready for one request.
+pub struct Conn {
+    pub io: Stream,
+    /// Taken from the pool (it carried earlier requests): a close before any response byte may
+    /// be the target's keep-alive timeout racing this request.
+    pub reused: bool,
+}
+
+struct Idle {
+    io: Stream,
     since: Instant,
 }
 
-/// A connection ready to take one request.
-pub enum Sender {
-    H1(http1::SendRequest<UpBody>),
-    H2(http2::SendRequest<UpBody>),
+/// One worker's connections.
+#[derive(Default)]
+struct Pool {
+    idle: FxHashMap<u64, VecDeque<Idle>>,
+    h2: FxHashMap<u64, http2::SendRequest<H2Body>>,
+    last_sweep: Option<Instant>,
 }
 
-/// Connections to one target, one shard per worker (made on first use).
-pub struct Pool {
-    shards: Box<[OnceLock<Box<Shard>>]>,
+thread_local! {
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// One worker's connections to one target.
-struct Shard {
-    /// Oldest first: returned connections go to the back and are taken from the back.
-    idle: Mutex<VecDeque<IdleConn>>,
-    h2: ArcSwapOption<http2::SendRequest<UpBody>>,
+/// Whether an idle connection is still clean: not closed by the target, nothing unread. Polls
+/// once with a no-op waker; the stream's cached readiness makes this free unless bytes (or a
+/// FIN) arrived since it was last read to exhaustion.
+fn still_clean(io: &mut Stream) -> bool {
+    let mut probe = [0u8; 1];
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut rb = ReadBuf::new(&mut probe);
+    matches!(Pin::new(io).poll_read(&mut cx, &mut rb), Poll::Pending)
 }
 
-impl Shard {
-    fn idle(&self) -> MutexGuard<'_, VecDeque<IdleConn>> {
-        // Nothing panics while holding it; if something did, the queue is still consistent.
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Pool shards: one per CPU. Pools exist before the workers start (the first configuration is
-/// compiled first), so this does not follow `worker_threads`; more workers than CPUs share shards.
-static SHARDS: LazyLock<usize> = LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("idle", &self.idle_len()).finish()
-    }
-}
-
-impl Default for Pool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Pool {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Pool { shards: (0..*SHARDS).map(|_| OnceLock::new()).collect() }
-    }
-
-    /// Idle HTTP/1.1 connections currently pooled (all workers).
-    pub fn idle_len(&self) -> usize {
-        self.shards.iter().filter_map(OnceLock::get).map(|s| s.idle().len()).sum()
-    }
-
-    /// The calling worker's shard.
-    fn shard(&self) -> &Shard {
-        self.shards[current_index() % self.shards.len()]
-            .get_or_init(|| Box::new(Shard { idle: Mutex::new(VecDeque::new()), h2: ArcSwapOption::empty() }))
-    }
-
-    /// A connection to `addr` ready for a request: a pooled one when possible, else a new one.
-    pub async fn checkout(&self, addr: SocketAddr, settings: &GroupSettings) -> Result<Sender, ProxyError> {
-        let shard = self.shard();
-        match settings.protocol {
-            UpstreamProtocol::Http1 => {
-                loop {
-                    let Some(mut c) = shard.idle().pop_back() else { break };
-                    if c.since.elapsed() > MAX_IDLE_AGE {
-                        // The newest is too old, so are all the others.
-                        shard.idle().clear();
-                        break;
-                    }
-                    // Ready at once unless the connection closed meanwhile (then Err).
-                    if c.tx.ready().await.is_ok() {
-                        return Ok(Sender::H1(c.tx));
-                    }
-                }
-                // Boxed: opening a connection (TCP, TLS) is rare on a warm pool, and its state
-                // would otherwise sit in every request's forwarding future (kilobytes for TLS).
-                Ok(Sender::H1(Box::pin(connect_h1(addr, settings)).await?))
+/// An idle connection to target `id` from this worker's pool, newest first; `None` if there is
+/// no clean one.
+pub fn checkout(id: u64) -> Option<Conn> {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let idle = p.idle.get_mut(&id)?;
+        while let Some(mut c) = idle.pop_back() {
+            if c.since.elapsed() > MAX_IDLE_AGE {
+                // The newest is too old, so are all the others.
+                idle.clear();
+                break;
             }
-            UpstreamProtocol::Http2 => {
-                if let Some(tx) = shard.h2.load().as_deref() {
-                    if !tx.is_closed() {
-                        let mut tx = tx.clone();
-                        if tx.ready().await.is_ok() {
-                            return Ok(Sender::H2(tx));
-                        }
-                    }
-                }
-                let tx = Box::pin(connect_h2(addr, settings)).await?;
-                shard.h2.store(Some(Arc::new(tx.clone())));
-                Ok(Sender::H2(tx))
+            if still_clean(&mut c.io) {
+                return Some(Conn { io: c.io, reused: true });
             }
         }
-    }
+        None
+    })
+}
 
-    /// Returns an HTTP/1.1 connection whose response has been read in full.
-    pub fn checkin(&self, tx: http1::SendRequest<UpBody>) {
-        if tx.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let mut idle = self.shard().idle();
-        // Drop from the old end what has aged out or was closed by the target meanwhile.
-        let stale = idle.iter().take_while(|c| c.tx.is_closed() || now.duration_since(c.since) > MAX_IDLE_AGE).count();
+/// Returns a connection whose exchange ended cleanly (response read to its end, nothing left
+/// over, no `Connection: close`) to this worker's pool.
+pub fn checkin(id: u64, conn: Conn) {
+    let now = Instant::now();
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let idle = p.idle.entry(id).or_default();
+        // Drop from the old end what has aged out.
+        let stale = idle.iter().take_while(|c| now.duration_since(c.since) > MAX_IDLE_AGE).count();
         if stale > 0 {
             idle.drain(..stale);
             let (len, cap) = (idle.len(), idle.capacity());
@@ -158,58 +173,76 @@ impl Pool {
             }
         }
         if idle.len() < MAX_IDLE_PER_TARGET {
-            idle.push_back(IdleConn { tx, since: now });
+            idle.push_back(Idle { io: conn.io, since: now });
         }
-    }
+        if p.last_sweep.is_none_or(|t| now.duration_since(t) > SWEEP_EVERY) {
+            p.last_sweep = Some(now);
+            // Targets that get no more requests (removed, or idle) would keep their
+            // connections until reused; drop what has aged out everywhere.
+            p.idle.retain(|_, q| {
+                q.retain(|c| now.duration_since(c.since) <= MAX_IDLE_AGE);
+                !q.is_empty()
+            });
+        }
+    });
 }
 
-/// A byte stream to a target: plain TCP or TLS over it.
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+/// Idle HTTP/1.1 connections to target `id` in this worker's pool.
+pub fn idle_count(id: u64) -> usize {
+    POOL.with(|p| p.borrow().idle.get(&id).map_or(0, VecDeque::len))
+}
 
 /// Opens a connection to `addr`: TCP within `timeout`, then TLS when `tls` is set (the whole
 /// handshake within the same budget). Used for traffic and for health checks.
-pub async fn open(
-    addr: SocketAddr,
-    tls: Option<&UpstreamTls>,
-    timeout: Duration,
-) -> Result<TokioIo<Box<dyn Io>>, ProxyError> {
+pub async fn open(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<Stream, ProxyError> {
     let work = async {
         let stream = TcpStream::connect(addr).await.map_err(|source| ProxyError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let Some(tls) = tls else { return Ok(Box::new(stream) as Box<dyn Io>) };
+        let Some(tls) = tls else { return Ok(Stream::Tcp(stream)) };
         let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let s = tokio_rustls::TlsConnector::from(tls.config.clone())
             .connect(name, stream)
             .await
             .map_err(|source| ProxyError::Tls { addr, source })?;
-        Ok(Box::new(s) as Box<dyn Io>)
+        Ok(Stream::Tls(Box::new(s)))
     };
     match tokio::time::timeout(timeout, work).await {
         Err(_) => Err(ProxyError::ConnectTimeout(addr)),
-        Ok(r) => r.map(TokioIo::new),
+        Ok(r) => r,
     }
 }
 
-async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<http1::SendRequest<UpBody>, ProxyError> {
+/// A new HTTP/1.1 connection to `addr`.
+pub async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<Conn, ProxyError> {
     let io = open(addr, settings.tls.as_deref(), settings.connect_timeout).await?;
-    let (tx, conn) =
-        http1::Builder::new().handshake(io).await.map_err(|source| ProxyError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(target: "pilotfish::upstream", %addr, error = %e, "upstream connection ended");
+    Ok(Conn { io, reused: false })
+}
+
+/// This worker's HTTP/2 connection to target `id` at `addr`, opened when there is none (or it
+/// closed).
+pub async fn h2_sender(
+    id: u64,
+    addr: SocketAddr,
+    settings: &GroupSettings,
+) -> Result<http2::SendRequest<H2Body>, ProxyError> {
+    let cached = POOL.with(|p| p.borrow().h2.get(&id).filter(|tx| !tx.is_closed()).cloned());
+    if let Some(mut tx) = cached {
+        if tx.ready().await.is_ok() {
+            return Ok(tx);
         }
-    });
+    }
+    let tx = Box::pin(connect_h2(addr, settings)).await?;
+    POOL.with(|p| p.borrow_mut().h2.insert(id, tx.clone()));
     Ok(tx)
 }
 
-async fn connect_h2(addr: SocketAddr, settings: &GroupSettings) -> Result<http2::SendRequest<UpBody>, ProxyError> {
+async fn connect_h2(addr: SocketAddr, settings: &GroupSettings) -> Result<http2::SendRequest<H2Body>, ProxyError> {
     let io = open(addr, settings.tls.as_deref(), settings.connect_timeout).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(settings.connect_timeout.max(Duration::from_secs(5)))
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ProxyError::Handshake { addr, source })?;
     tokio::spawn(async move {

@@ -16,8 +16,21 @@ use rustc_hash::FxHashMap;
 
 pub use pattern::Pattern;
 
+/// A request's header fields as rules look them up: an `http::HeaderMap` (HTTP/2) or the field
+/// list of a parsed HTTP/1.1 head, without building a map for it.
+pub trait HeaderLookup {
+    /// Whether some value of field `name` (a lowercase name) is visible ASCII and satisfies `f`.
+    fn any_value(&self, name: &HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+impl HeaderLookup for HeaderMap {
+    fn any_value(&self, name: &HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| v.to_str().is_ok_and(&mut *f))
+    }
+}
+
 /// The parts of a request that rules look at, borrowed from it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct RequestView<'a> {
     /// Host without port, ASCII-lowercased, without trailing dot; "" when absent.
     pub host: &'a str,
@@ -27,7 +40,7 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     pub method: &'a Method,
     pub source_ip: IpAddr,
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn HeaderLookup,
 }
 
 /// A rule's conditions: AND across kinds, OR within one kind; an empty list is "any".
@@ -49,9 +62,10 @@ impl Conditions {
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
             && (self.methods.is_empty() || self.methods.iter().any(|m| m == req.method))
             && (self.source_ips.is_empty() || self.source_ips.iter().any(|n| n.contains(&req.source_ip)))
-            && self.headers.iter().all(|(name, pats)| {
-                req.headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| pats.iter().any(|p| p.matches(v))))
-            })
+            && self
+                .headers
+                .iter()
+                .all(|(name, pats)| req.headers.any_value(name, &mut |v| pats.iter().any(|p| p.matches(v))))
             && self.query.iter().all(|(key, pats)| query_matches(req.query, key, pats))
     }
 }

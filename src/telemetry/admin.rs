@@ -21,7 +21,15 @@ use crate::control::Control;
 /// Serves the admin API on `listener` until the runtime stops.
 pub async fn serve(listener: TcpListener, control: Arc<Control>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                tracing::warn!(error = %e, "admin API: accept failed; backing off");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let control = control.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
@@ -131,7 +139,6 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                                 "source": source,
                                 "last_check": last.map(|(_, r)| r),
                                 "last_check_time": last.map(|(ms, _)| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()),
-                                "idle_connections": t.pool.idle_len(),
                             })
                         }).collect::<Vec<_>>(),
                     })

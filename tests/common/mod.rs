@@ -25,6 +25,10 @@ pub mod aws;
 pub mod process;
 pub mod tls;
 
+/// A byte stream the test servers speak over: TCP or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
 /// One request as a backend saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -131,7 +135,7 @@ impl Backend {
                         }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    let io: Box<dyn pilotfish::proxy::upstream::Io> = match tls {
+                    let io: Box<dyn Io> = match tls {
                         None => Box::new(stream),
                         Some(acceptor) => match acceptor.accept(stream).await {
                             Ok(s) => Box::new(s),

@@ -1,0 +1,333 @@
+//! The engine's client side: sending a request to an HTTP/1.1 target and reading its response.
+//!
+//! [`send`] picks a target, takes a pooled connection or opens one, writes the request (head
+//! and the body bytes already at hand in one vectored write), then *pumps*: it sends the rest
+//! of the body while watching the target for a response, so a target that answers early (a
+//! 413 or 501 to a large upload) is heard, and its answer relayed, instead of being taken for a
+//! reset. Retries (another target when connecting fails, or when a target closes or resets
+//! before any response byte and the request can be sent again) and the keep-alive race (a
+//! reused connection closed by the target as the request went out: once more on a fresh
+//! connection, to the same target if need be) are decided here, never after a response byte.
+//!
+//! What the request is made of is an [`Outbound`]: an HTTP/1.1 client's head and body in the
+//! session's read buffer ([`super::server`]), or an HTTP/2 client's request converted at the
+//! seam ([`crate::proxy::h2`]). A target connection goes back to the worker's pool only when the
+//! exchange ended cleanly: the request fully sent, the response read to its end, nothing left
+//! over, no `Connection: close`.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWrite;
+use tokio::time::Sleep;
+
+use super::buf::Buf;
+use super::parse::{parse_response, ResponseHead};
+use crate::balance::{InFlightGuard, Target};
+use crate::config::snapshot::ForwardArm;
+use crate::proxy::error::ProxyError;
+use crate::proxy::upstream::{self, Conn, Stream};
+
+/// Why sending a request body stopped.
+#[derive(Debug)]
+pub enum SendError {
+    /// Writing to the target failed (it may have answered early and closed).
+    Target(io::Error),
+    /// The client's body failed: the request is refused with this error.
+    Client(ProxyError),
+}
+
+/// A request on its way to a target: what the engine writes, attempt after attempt.
+pub trait Outbound {
+    /// Writes the head, and what of the body is at hand, from the start (an attempt).
+    fn poll_head(&mut self, cx: &mut Context<'_>, target: &mut Stream) -> Poll<io::Result<()>>;
+    /// Sends more of the body: `Ready(Ok(true))` once all is sent and flushed, `Ready(Ok(false))`
+    /// after some progress.
+    fn poll_body(&mut self, cx: &mut Context<'_>, target: &mut Stream) -> Poll<Result<bool, SendError>>;
+    /// Whether body bytes remain to be sent after the head.
+    fn body_pending(&self) -> bool;
+    /// Whether the last `Pending` of [`Outbound::poll_body`] was waiting for the client.
+    fn waiting_for_client(&self) -> bool;
+    /// Gets ready to send the request again from its start; false when that is no longer
+    /// possible (body bytes were sent that are not kept).
+    fn rewind(&mut self) -> bool;
+    /// Whether the method is idempotent (RFC 9110 section 9.2.2): such a request may be sent
+    /// again after a target failed without answering.
+    fn idempotent(&self) -> bool;
+    /// Whether the request has a body.
+    fn has_body(&self) -> bool;
+}
+
+/// Where sending the body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    Body,
+    Done,
+    /// The target stopped taking it (write failed): the connection is not reused.
+    Aborted,
+}
+
+/// The limits and timeouts of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    /// The target's time to answer once the request is sent, and the longest silence in its
+    /// response body.
+    pub response_timeout: Duration,
+    /// The longest silence from the client while its body is forwarded.
+    pub client_idle: Duration,
+}
+
+/// What came back from the target after (part of) the request went out.
+pub enum Got {
+    Head(ResponseHead),
+    /// Closed or reset before a complete head; `any`: some response bytes had arrived.
+    Closed {
+        any: bool,
+    },
+    /// The head is malformed or over the limits (a reason for the log).
+    Bad(&'static str),
+    TimedOut {
+        waiting_for_client: bool,
+    },
+    /// The client's body failed.
+    Client(ProxyError),
+}
+
+/// Reads the next response head from `target` while sending what is left of the body.
+pub async fn next_head<O: Outbound>(
+    out: &mut O,
+    sending: &mut Sending,
+    target: &mut Stream,
+    tbuf: &mut Buf,
+    limits: &Limits,
+) -> Got {
+    let mut timer = pin!(None::<Sleep>);
+    let mut last = Instant::now();
+    poll_fn(|cx| loop {
+        let mut progressed = false;
+        if tbuf.spare() == 0 {
+            let start = tbuf.start();
+            tbuf.compact_to(0);
+            if start == 0 && !tbuf.reserve(4096, limits.max_head_bytes + 4096) {
+                return Poll::Ready(Got::Bad("response_head_too_large"));
+            }
+        }
+        match tbuf.poll_read_from(target, cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Got::Closed { any: !tbuf.is_empty() }),
+            Poll::Ready(Ok(_)) => {
+                match parse_response(tbuf.data(), tbuf.start(), tbuf.end(), limits.max_head_bytes, limits.max_headers) {
+                    Ok(Some(head)) => return Poll::Ready(Got::Head(head)),
+                    Ok(None) => progressed = true,
+                    Err(why) => return Poll::Ready(Got::Bad(why)),
+                }
+            }
+            Poll::Pending => {}
+        }
+        if *sending == Sending::Body {
+            match out.poll_body(cx, target) {
+                Poll::Ready(Ok(done)) => {
+                    if done {
+                        *sending = Sending::Done;
+                    }
+                    progressed = true;
+                }
+                Poll::Ready(Err(SendError::Target(_))) => {
+                    // Keep reading: the target may have answered before it closed.
+                    *sending = Sending::Aborted;
+                    progressed = true;
+                }
+                Poll::Ready(Err(SendError::Client(e))) => return Poll::Ready(Got::Client(e)),
+                Poll::Pending => {}
+            }
+        }
+        if progressed {
+            last = Instant::now();
+            continue;
+        }
+        // Nothing moved: wait, within the deadline (re-armed lazily when progress moved it).
+        let waiting_for_client = *sending == Sending::Body && out.waiting_for_client();
+        let deadline = last + if waiting_for_client { limits.client_idle } else { limits.response_timeout };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if timer.is_none() {
+            timer.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        let mut t = timer.as_mut().as_pin_mut().expect("set above");
+        if t.deadline() < deadline {
+            t.as_mut().reset(deadline);
+        }
+        if t.poll(cx).is_ready() {
+            return Poll::Ready(Got::TimedOut { waiting_for_client });
+        }
+        return Poll::Pending;
+    })
+    .await
+}
+
+/// A request sent and answered: the response head and what is needed to relay its body.
+pub struct Answered {
+    pub target: Arc<Target>,
+    /// Counts the request in flight on its target until the response body ends.
+    pub guard: InFlightGuard,
+    pub conn: Conn,
+    /// The response bytes read so far (the head, maybe body bytes after it).
+    pub tbuf: Buf,
+    pub head: ResponseHead,
+    pub sending: Sending,
+    /// When the request was written (for `target_processing_time`).
+    pub sent_at: Instant,
+}
+
+/// What happened on the way to a target, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    pub target: Option<std::net::SocketAddr>,
+    pub count: u32,
+}
+
+/// Pooled connections found closed by the time a request was written: not the target's
+/// fault and not counted as retries, but bounded.
+const MAX_STALE: u32 = 3;
+
+/// Sends `out` to a target of `arm`'s group and reads the response head (the first one: it may
+/// be interim). Retries as the module docs say.
+pub async fn send<O: Outbound>(
+    arm: &ForwardArm,
+    out: &mut O,
+    limits: &Limits,
+    attempts: &mut Attempts,
+) -> Result<Answered, ProxyError> {
+    let group = &arm.group;
+    let settings = &group.settings;
+    let set = group.targets();
+    let mut tried: Vec<Arc<Target>> = Vec::new();
+    let mut last_err: Option<ProxyError> = None;
+    let (mut stale, mut raced, mut failures) = (0, false, 0);
+    // The same target again: after a stale pooled connection, or (`fresh`) a keep-alive race.
+    let mut again: Option<(Arc<Target>, bool)> = None;
+    loop {
+        let (target, fresh_only) = match again.take() {
+            Some(t) => t,
+            None => {
+                if failures > settings.retries {
+                    break;
+                }
+                let Some(t) = group.pick(&set, &tried) else { break };
+                (t, false)
+            }
+        };
+        attempts.count += 1;
+        attempts.target = Some(target.addr);
+        let guard = target.start_request();
+        let pooled = if fresh_only { None } else { upstream::checkout(target.id) };
+        let mut conn = match pooled {
+            Some(c) => c,
+            // Boxed: opening a connection (TCP, TLS) is rare on a warm pool, and its state would
+            // otherwise sit in every request's future.
+            None => match Box::pin(upstream::connect_h1(target.addr, settings)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");
+                    arm.group_stats.target_connection_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    passive_failure(arm, &target);
+                    last_err = Some(e);
+                    tried.push(target);
+                    failures += 1;
+                    // Nothing was sent: the request goes elsewhere as it is.
+                    continue;
+                }
+            },
+        };
+        let sent_at = Instant::now();
+        let wrote = poll_fn(|cx| out.poll_head(cx, &mut conn.io)).await;
+        let mut sending = if out.body_pending() { Sending::Body } else { Sending::Done };
+        let mut tbuf = Buf::take();
+        let got = match wrote {
+            Ok(()) => next_head(out, &mut sending, &mut conn.io, &mut tbuf, limits).await,
+            Err(_) => Got::Closed { any: false },
+        };
+        match got {
+            Got::Head(head) => {
+                target.record_passive_success();
+                return Ok(Answered { target, guard, conn, tbuf, head, sending, sent_at });
+            }
+            Got::Closed { any: false } => {
+                let replay = out.rewind();
+                if conn.reused && replay && wrote.is_err() && stale < MAX_STALE {
+                    // The pooled connection was already closed: not the target's doing.
+                    stale += 1;
+                    again = Some((target, false));
+                    continue;
+                }
+                if conn.reused && replay && !raced && (!out.has_body() || out.idempotent()) {
+                    // The keep-alive race: the target closed its idle connection as the request
+                    // went out. Once more, on a fresh connection (to this target if need be).
+                    raced = true;
+                    again = Some((target, true));
+                    continue;
+                }
+                tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, "target closed before responding");
+                passive_failure(arm, &target);
+                last_err = Some(ProxyError::TargetReset(target.addr));
+                if !(replay && out.idempotent()) {
+                    break;
+                }
+                tried.push(target);
+                failures += 1;
+            }
+            Got::Closed { any: true } => {
+                passive_failure(arm, &target);
+                return Err(ProxyError::BadResponse { addr: target.addr, reason: "response_head_truncated" });
+            }
+            Got::Bad(reason) => {
+                tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, reason, "malformed response from target");
+                return Err(ProxyError::BadResponse { addr: target.addr, reason });
+            }
+            Got::TimedOut { waiting_for_client: true } => return Err(ProxyError::RequestTimeout),
+            Got::TimedOut { waiting_for_client: false } => {
+                passive_failure(arm, &target);
+                return Err(ProxyError::ResponseTimeout(target.addr));
+            }
+            Got::Client(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| ProxyError::NoTarget(group.name.clone())))
+}
+
+/// A transport failure on live traffic counts as a failed health check at once (outlier
+/// ejection). Only with active checks configured: they are what brings a target back.
+pub fn passive_failure(arm: &ForwardArm, target: &Target) {
+    if let Some(hc) = &arm.group.settings.health_check {
+        if target.record_passive_failure(hc.unhealthy_threshold) {
+            tracing::warn!(target_group = %arm.group.name, target = %target.addr, "target ejected after failures on live traffic");
+        }
+    }
+}
+
+/// Whether a method is idempotent (RFC 9110 section 9.2.2).
+pub fn is_idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE")
+}
+
+/// Reads more of a response from `target` into `tbuf` (0 at EOF), failing when the target is
+/// silent for `idle`.
+pub async fn read_more(target: &mut Stream, tbuf: &mut Buf, idle: Duration) -> io::Result<usize> {
+    tbuf.reset_if_empty();
+    if tbuf.spare() == 0 {
+        tbuf.compact_to(0);
+    }
+    match tokio::time::timeout(idle, tbuf.read_from(target)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// Flushes `w` (TLS keeps what it encrypted until flushed).
+pub async fn flush<W: AsyncWrite + Unpin>(w: &mut W) -> io::Result<()> {
+    poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await
+}
