@@ -184,7 +184,12 @@ impl Server {
             let _ = t.join();
         }
         if let Some(rt) = self.runtime.take() {
+            // Requests still running are dropped with their runtime; their access log lines
+            // (error "shutdown_drain_elapsed") are written before the process goes.
             rt.stop();
+            if let Some(log) = &self.control.state.access_log {
+                log.flush(Duration::from_secs(1));
+            }
         }
     }
 }

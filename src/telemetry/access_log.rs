@@ -47,10 +47,16 @@ pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+enum Msg {
+    Record(Box<Record>),
+    /// Write out what is queued, then answer.
+    Flush(SyncSender<()>),
+}
+
 /// The sending side, cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Record>,
+    tx: SyncSender<Msg>,
     metrics: Arc<Metrics>,
 }
 
@@ -70,19 +76,43 @@ impl AccessLog {
 
     /// Queues a record without blocking.
     pub fn log(&self, r: Record) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(r) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Record(Box::new(r))) {
             self.metrics.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits (at most `within`) until every record queued so far is written: at exit, so the
+    /// lines of requests cut by the end of the drain are not lost with the process.
+    pub fn flush(&self, within: Duration) {
+        let (done, wait) = sync_channel(1);
+        // The writer never waits for anything but stdout, so a full queue empties quickly.
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(within);
         }
     }
 }
 
-fn writer(rx: Receiver<Record>, out: Box<dyn Write + Send>) {
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessLog")
+    }
+}
+
+fn writer(rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(r) = next {
-            if serde_json::to_writer(&mut out, &r).is_ok() {
-                let _ = out.write_all(b"\n");
+        while let Some(m) = next {
+            match m {
+                Msg::Record(r) => {
+                    if serde_json::to_writer(&mut out, &r).is_ok() {
+                        let _ = out.write_all(b"\n");
+                    }
+                }
+                Msg::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
             }
             next = rx.try_recv().ok();
         }

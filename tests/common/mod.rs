@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 pub mod aws;
 pub mod process;
+pub mod raw;
 pub mod tls;
 
 /// A byte stream the test servers speak over: TCP or TLS.

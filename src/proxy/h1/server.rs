@@ -704,7 +704,7 @@ async fn relay<S: ClientIo>(
             if head.upgrade && sending == Sending::Done {
                 return tunnel(out, conn, tbuf, resp, guard, ctx, log, sent_at, arm).await;
             }
-            return bad_response(out, ctx, arm, log, "unsolicited_101").await;
+            return bad_response(out, ctx, arm, log, target.addr, "unsolicited_101").await;
         }
         if head.version == Version::Http11 {
             let mut s = Slices::default();
@@ -723,7 +723,7 @@ async fn relay<S: ClientIo>(
             limits.max_headers,
         ) {
             Ok(Some(h)) => h,
-            Err(why) => return bad_response(out, ctx, arm, log, why).await,
+            Err(why) => return bad_response(out, ctx, arm, log, target.addr, why).await,
             Ok(None) => match client::next_head(&mut out, &mut sending, &mut conn.io, &mut tbuf, limits).await {
                 client::Got::Head(h) => h,
                 client::Got::TimedOut { waiting_for_client: false } => {
@@ -733,7 +733,7 @@ async fn relay<S: ClientIo>(
                     return error_after_interim(out, ctx, arm, log, ProxyError::RequestTimeout).await
                 }
                 client::Got::Client(e) => return error_after_interim(out, ctx, arm, log, e).await,
-                client::Got::Bad(why) => return bad_response(out, ctx, arm, log, why).await,
+                client::Got::Bad(why) => return bad_response(out, ctx, arm, log, target.addr, why).await,
                 client::Got::Closed { .. } => {
                     return error_after_interim(out, ctx, arm, log, ProxyError::TargetReset(target.addr)).await
                 }
@@ -754,7 +754,6 @@ async fn relay<S: ClientIo>(
         upgrade: false,
         head_chunked: data_head_request && resp.declared == BodyLen::Chunked && head.version == Version::Http11,
     };
-    arm.codes.inc(resp.status);
     log.head_sent(resp.status, Some(took));
     let ended = relay_body(
         out.io,
@@ -769,6 +768,9 @@ async fn relay<S: ClientIo>(
     )
     .await;
     drop(guard);
+    if !matches!(ended, Err((_, false))) {
+        arm.codes.inc(resp.status);
+    }
     match ended {
         Ok(bytes) => {
             stats.processed_bytes.fetch_add(bytes + out.sent, Ordering::Relaxed);
@@ -784,7 +786,9 @@ async fn relay<S: ClientIo>(
                 Next::KeepAlive(None)
             }
         }
-        Err(why) => {
+        // Nothing of the response went out yet: the client gets a 502 instead.
+        Err((why, false)) => bad_response(out, ctx, arm, log, target.addr, why).await,
+        Err((why, true)) => {
             if why != "client_closed" {
                 tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, reason = why, "response cut short");
             }
@@ -800,10 +804,10 @@ async fn bad_response<S: ClientIo>(
     ctx: &ConnCtx,
     arm: &ForwardArm,
     log: RequestLog,
+    addr: std::net::SocketAddr,
     why: &'static str,
 ) -> Next {
-    tracing::debug!(target: "pilotfish::proxy", reason = why, "malformed response from target");
-    let addr = "0.0.0.0:0".parse().expect("an address");
+    tracing::debug!(target: "pilotfish::proxy", %addr, reason = why, "malformed response from target");
     error_after_interim(out, ctx, arm, log, ProxyError::BadResponse { addr, reason: why }).await
 }
 
@@ -859,8 +863,9 @@ impl<'a> Round<'a> {
 }
 
 /// Relays a response's head and body to the client, re-framing as `edits` says; returns the
-/// body bytes relayed, or why it was cut (the client connection then closes without a valid
-/// end of message, so the client never takes a cut body for a complete one).
+/// body bytes relayed, or why it was cut and whether the head had gone out (the client
+/// connection then closes without a valid end of message, so the client never takes a cut body
+/// for a complete one; if nothing went out, the caller answers 502).
 #[allow(clippy::too_many_arguments)]
 async fn relay_body<W: AsyncWrite + Unpin>(
     client: &mut W,
@@ -872,7 +877,7 @@ async fn relay_body<W: AsyncWrite + Unpin>(
     client_idle: Duration,
     target_idle: Duration,
     log: &mut RequestLog,
-) -> Result<u64, &'static str> {
+) -> Result<u64, (&'static str, bool)> {
     let chunked = edits.framing == OutFraming::Chunked;
     let mut first = true;
     let mut total = 0u64;
@@ -884,7 +889,7 @@ async fn relay_body<W: AsyncWrite + Unpin>(
         let (mut n, mut end) = (0, false);
         let mut pos = if first { resp.end as usize } else { tbuf.start() };
         while n < MAX_EVENTS {
-            let (used, ev) = dec.next(&tbuf.data()[pos..tbuf.end()])?;
+            let (used, ev) = dec.next(&tbuf.data()[pos..tbuf.end()]).map_err(|why| (why, !first))?;
             match ev {
                 Event::Data(r) => {
                     events[n] = (0, pos + r.start, pos + r.end);
@@ -926,7 +931,7 @@ async fn relay_body<W: AsyncWrite + Unpin>(
         } else {
             Ok(())
         };
-        written.map_err(|_| "client_closed")?;
+        written.map_err(|_| ("client_closed", true))?;
         first = false;
         tbuf.rewind_to(pos);
         if end {
@@ -935,17 +940,17 @@ async fn relay_body<W: AsyncWrite + Unpin>(
         }
         match client::read_more(target, tbuf, target_idle).await {
             Ok(0) => {
-                dec.at_eof().map_err(|_| "response_truncated")?;
+                dec.at_eof().map_err(|_| ("response_truncated", true))?;
                 // Close-delimited: the end of the stream is the end of the body.
                 if chunked {
-                    hio::write_bytes(client, b"0\r\n\r\n", client_idle).await.map_err(|_| "client_closed")?;
+                    hio::write_bytes(client, b"0\r\n\r\n", client_idle).await.map_err(|_| ("client_closed", true))?;
                 }
                 log.add_bytes_out(total);
                 return Ok(total);
             }
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err("target_read_timeout"),
-            Err(_) => return Err("response_truncated"),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(("target_read_timeout", true)),
+            Err(_) => return Err(("response_truncated", true)),
         }
     }
 }

@@ -1,0 +1,424 @@
+//! The HTTP/1.1 engine through a real listener: targets that misbehave in every way a proxy
+//! must not pass on (each followed by a clean request that must get a clean answer), early
+//! answers to uploads, the keep-alive race, interim responses, pipelining, HTTP/1.0, what the
+//! balancer answers itself, its access log lines, and the HTTP/2 seams. Raw sockets on both
+//! sides where the exact bytes matter.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::raw::{exchange, read_response, read_to_close, Reply, Scripted, Then};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(target: std::net::SocketAddr, group: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_action = {{ forward = "g" }}
+
+[[target_groups]]
+name = "g"
+retries = 0
+targets = ["{target}"]
+{group}
+"#
+    )
+}
+
+const GET_CLOSE: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+
+/// After a bad exchange, a new client gets the clean answer, on a new target connection.
+async fn clean_after(lb: &Lb, target: &Scripted, case: &str) {
+    let before = target.seen.lock().unwrap().last().map(|s| s.0);
+    let resp = exchange(lb.addr("web"), GET_CLOSE).await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("\r\n\r\nok"), "{case}: next client got {resp:?}");
+    let after = target.seen.lock().unwrap().last().map(|s| s.0);
+    assert_ne!(before, after, "{case}: the target connection was reused after a bad response");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_responses_never_reach_the_client() {
+    let huge = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok", "x".repeat(70_000));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "Content-Length and Transfer-Encoding",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+        ),
+        ("differing Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc".to_vec()),
+        ("invalid Content-Length", b"HTTP/1.1 200 OK\r\nContent-Length: 2x\r\n\r\nhello".to_vec()),
+        ("bad status line", b"HTTP/1.1 2x0 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
+        ("HTTP/2.0 status line", b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
+        ("obs-fold", b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
+        ("bare CR", b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
+        ("NUL", b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 5\r\n\r\nhello".to_vec()),
+        ("bad chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec()),
+        ("head over the limit", huge.into_bytes()),
+        ("Transfer-Encoding: gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8bhello".to_vec()),
+        (
+            "Transfer-Encoding: xchunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "unsolicited 101",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nhello".to_vec(),
+        ),
+    ];
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let mut wrong = Vec::new();
+    for (case, bytes) in &cases {
+        target.push(Reply::raw(bytes, Then::KeepOpen));
+        let resp = exchange(lb.addr("web"), GET_CLOSE).await;
+        if !resp.starts_with("HTTP/1.1 502") || resp.matches("HTTP/").count() != 1 || resp.contains("hello") {
+            wrong.push(format!("{case}: {resp:?}"));
+        }
+        clean_after(&lb, &target, case).await;
+    }
+    assert!(wrong.is_empty(), "relayed instead of 502:\n{}", wrong.join("\n"));
+    // Each is counted and logged with its reason.
+    assert!(eventually(Duration::from_secs(5), || lb.log.lines().len() >= 2 * cases.len()).await);
+    let reasons: Vec<String> = lb
+        .log
+        .lines()
+        .iter()
+        .filter(|l| l["status"] == 502)
+        .map(|l| l["error"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(reasons.len(), cases.len(), "{reasons:?}");
+    for want in [
+        "content_length_and_transfer_encoding",
+        "duplicate_content_length",
+        "transfer_encoding_not_chunked",
+        "unsolicited_101",
+        "invalid_chunk_size",
+        "response_head_too_large",
+    ] {
+        assert!(reasons.iter().any(|r| r == want), "{want} not in {reasons:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_bodies_never_look_complete_and_extra_bytes_are_never_relayed() {
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, "response_timeout = \"500ms\""));
+    let addr = lb.addr("web");
+
+    // A Content-Length body cut short: the relayed length is more than what arrives, and the
+    // connection closes.
+    target.push(Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", Then::Close));
+    let resp = exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.contains("Content-Length: 10\r\n") && resp.ends_with("\r\n\r\nabc"),
+        "{resp:?}"
+    );
+    clean_after(&lb, &target, "cut Content-Length").await;
+
+    // A chunked body cut short: no last chunk reaches the client.
+    target.push(Reply::raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", Then::Close));
+    let resp = exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(resp.contains("transfer-encoding: chunked\r\n") && resp.ends_with("5\r\nhello\r\n"), "{resp:?}");
+    clean_after(&lb, &target, "cut chunked").await;
+
+    // A target that stalls mid-body is cut after response_timeout.
+    target.push(Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", Then::Stall));
+    let started = Instant::now();
+    let resp = exchange(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(resp.ends_with("\r\n\r\nabc"), "{resp:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the stalled body was cut: {:?}", started.elapsed());
+    clean_after(&lb, &target, "stalled").await;
+
+    // A body delimited by close is complete at the close: re-framed as chunked for HTTP/1.1.
+    target.push(Reply::raw(b"HTTP/1.1 200 OK\r\n\r\nall of it", Then::Close));
+    let resp = exchange(addr, GET_CLOSE).await;
+    assert!(
+        resp.contains("transfer-encoding: chunked\r\n") && resp.ends_with("\r\n\r\n9\r\nall of it\r\n0\r\n\r\n"),
+        "{resp:?}"
+    );
+
+    // Bytes after a complete response: the client gets the response, and no later client ever
+    // gets the extra bytes (the connection is not reused).
+    target.push(Reply::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+        Then::KeepOpen,
+    ));
+    let resp = exchange(addr, GET_CLOSE).await;
+    assert!(resp.ends_with("\r\n\r\nok"), "{resp:?}");
+    clean_after(&lb, &target, "extra bytes").await;
+    for _ in 0..3 {
+        let resp = exchange(addr, GET_CLOSE).await;
+        assert!(resp.ends_with("\r\n\r\nok") && !resp.contains("smuggled"), "{resp:?}");
+    }
+
+    // A body on a response to HEAD, and on a 204: not relayed, connection not reused.
+    target.push(Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Then::KeepOpen));
+    let resp = exchange(addr, b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.contains("Content-Length: 5\r\n") && resp.ends_with("\r\n\r\n"), "{resp:?}");
+    clean_after(&lb, &target, "HEAD with a body").await;
+    target.push(Reply::raw(b"HTTP/1.1 204 No Content\r\n\r\nhello", Then::KeepOpen));
+    let resp = exchange(addr, GET_CLOSE).await;
+    assert!(resp.starts_with("HTTP/1.1 204") && resp.ends_with("\r\n\r\n"), "{resp:?}");
+    clean_after(&lb, &target, "204 with a body").await;
+    let seen = target.seen.lock().unwrap();
+    assert!(seen.iter().all(|(_, r)| !r.starts_with(b"HTTP")), "a target saw response bytes as a request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_reach_http11_clients() {
+    let target = Scripted::start(
+        vec![
+            Reply::raw(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Then::KeepOpen),
+            Reply::raw(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", Then::KeepOpen),
+        ],
+        false,
+    )
+    .await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let resp = exchange(lb.addr("web"), GET_CLOSE).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{resp:?}"
+    );
+    // HTTP/1.0 clients do not understand 1xx: they get the final response only.
+    let resp = exchange(lb.addr("web"), b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_works_end_to_end() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(be.addr, ""));
+    let mut s = TcpStream::connect(lb.addr("web")).await.unwrap();
+    s.write_all(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("100 Continue").unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    assert_eq!(&be.last().body[..], b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_answers_a_large_upload_early_is_heard() {
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    for i in 0..6 {
+        let mut early = Reply::raw(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+            Then::Close,
+        );
+        early.read_body = false;
+        target.push(early);
+        let s = TcpStream::connect(lb.addr("web")).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let upload = tokio::spawn(async move {
+            wr.write_all(b"PUT /big HTTP/1.1\r\nHost: a\r\nContent-Length: 200000000\r\n\r\n").await?;
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..3000 {
+                wr.write_all(&chunk).await?;
+            }
+            Ok::<_, std::io::Error>(())
+        });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+        let resp = String::from_utf8_lossy(&out);
+        assert!(resp.starts_with("HTTP/1.1 413 Payload Too Large") && resp.ends_with("big!"), "try {i}: {resp:?}");
+        upload.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keep_alive_race_is_retried_on_a_fresh_connection() {
+    // One target that closes every reused connection as the next request arrives on it.
+    let target = Scripted::start(Vec::new(), true).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let c = client();
+    for i in 0..20 {
+        let r = get(&c, &lb.url("web", "/")).await;
+        assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok"), "GET {i}");
+    }
+    assert_eq!(target.requests(), 20);
+    // A POST with a body is not idempotent: never sent twice.
+    let r = send(&c, http::Request::post(lb.url("web", "/")).body("x".into()).unwrap()).await;
+    assert_eq!(r.status.as_u16(), 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let target = Scripted::start(
+        vec![
+            Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none", Then::KeepOpen),
+            Reply::raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\n", Then::KeepOpen),
+            Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree", Then::KeepOpen),
+        ],
+        false,
+    )
+    .await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let resp = exchange(
+        lb.addr("web"),
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhiGET /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (one, two, three) =
+        (resp.find("one").unwrap(), resp.find("3\r\ntwo\r\n0\r\n\r\n").unwrap(), resp.find("three").unwrap());
+    assert!(one < two && two < three, "{resp:?}");
+    let paths: Vec<String> =
+        target.seen.lock().unwrap().iter().map(|(_, r)| String::from_utf8_lossy(&r[..7]).into_owned()).collect();
+    assert_eq!(paths, ["GET /1 ", "POST /2", "GET /3 "]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_keep_alive_and_connection_close_both_ways() {
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let addr = lb.addr("web");
+
+    // HTTP/1.0 without Host: forwarded as valid HTTP/1.1, with the address the client reached.
+    let resp = exchange(addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    let seen = target.last();
+    assert!(seen.starts_with("GET /old HTTP/1.1\r\n"), "{seen:?}");
+    assert!(seen.contains(&format!("\r\nhost: {addr}\r\n")), "{seen:?}");
+
+    // HTTP/1.0 keep-alive: two requests on one connection.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").await.unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("connection: keep-alive\r\n"), "{resp:?}");
+    }
+
+    // A chunked response to an HTTP/1.0 client: decoded, delimited by close.
+    target.push(Reply::raw(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        Then::KeepOpen,
+    ));
+    let resp = exchange(addr, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(resp.ends_with("connection: close\r\n\r\nhello") && !resp.contains("chunked"), "{resp:?}");
+
+    // The target's Connection: close: its connection is not reused, the client's stays open.
+    target.push(Reply::raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", Then::KeepOpen));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200") && !resp.to_ascii_lowercase().contains("connection:"), "{resp:?}");
+    let first = target.seen.lock().unwrap().last().unwrap().0;
+    s.write_all(b"GET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.unwrap();
+    let resp = read_to_close(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("connection: close\r\n"), "{resp:?}");
+    assert_ne!(target.seen.lock().unwrap().last().unwrap().0, first, "a connection the target closed was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_no_target_can_accept_get_a_4xx_and_are_logged() {
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let addr = lb.addr("web");
+    for (bytes, status) in [
+        (&b"GET /empty HTTP/1.1\r\nHost:\r\n\r\n"[..], "400"),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", "400"),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", "405"),
+        (b"GET /nohost HTTP/1.1\r\n\r\n", "400"),
+    ] {
+        let resp = exchange(addr, bytes).await;
+        assert_eq!(resp.get(9..12), Some(status), "{:?} -> {resp:?}", String::from_utf8_lossy(bytes));
+    }
+    assert_eq!(target.requests(), 0);
+    // What is forwarded is valid HTTP/1.1: OPTIONS * as it is, absolute form as origin form.
+    exchange(addr, b"OPTIONS * HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(target.last().starts_with("OPTIONS * HTTP/1.1\r\nHost: a\r\n"), "{}", target.last());
+    exchange(addr, b"GET http://b.example/p?q HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(target.last().starts_with("GET /p?q HTTP/1.1\r\nhost: b.example\r\n"), "{}", target.last());
+    // Refused requests are logged with what could be read of them.
+    assert!(eventually(Duration::from_secs(5), || lb.log.lines().len() >= 6).await);
+    let lines = lb.log.lines();
+    let nohost = lines.iter().find(|l| l["path"] == "/nohost").expect("a line for the refused request");
+    assert_eq!(
+        (nohost["method"].as_str(), nohost["status"].as_u64(), nohost["error"].as_str()),
+        (Some("GET"), Some(400), Some("missing_host"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_clients_get_grpc_status_from_the_balancer() {
+    let lb = Lb::start(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ndefault_action = { forward = \"g\" }\n[[target_groups]]\nname = \"g\"\ntargets = []\n",
+    );
+    for c in [h2c_client(), client()] {
+        let r = send(
+            &c,
+            http::Request::post(lb.url("web", "/pkg.Svc/Call"))
+                .header("content-type", "application/grpc")
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (r.status.as_u16(), r.header("grpc-status"), r.body.as_str()),
+            (200, Some("14"), ""),
+            "{:?}",
+            r.version
+        );
+        assert_eq!(r.header("content-type"), Some("application/grpc"));
+    }
+    // Others get the text answer.
+    assert_eq!(get(&client(), &lb.url("web", "/")).await.status.as_u16(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_reach_http1_targets_with_bodies_both_ways() {
+    let target = Scripted::start(
+        vec![Reply::raw(
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nX-T: 1\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n",
+            Then::KeepOpen,
+        )],
+        false,
+    )
+    .await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let r = send(&h2c_client(), http::Request::post(lb.url("web", "/up")).body("payload".into()).unwrap()).await;
+    assert_eq!((r.status.as_u16(), r.body.as_str(), r.header("x-t")), (201, "abcdef", Some("1")));
+    let seen = target.last();
+    assert!(seen.starts_with("POST /up HTTP/1.1\r\n"), "{seen:?}");
+    assert!(seen.ends_with("payload") || seen.ends_with("7\r\npayload\r\n0\r\n\r\n"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cut_at_the_end_of_the_drain_is_logged() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&format!("[server]\nshutdown_drain = \"300ms\"\n{}", config(be.addr, "")));
+    let log = lb.log.clone();
+    let c = client();
+    let url = lb.url("web", "/slow");
+    let slow = tokio::spawn(async move {
+        let r = c.request(http::Request::get(url).header("x-delay-ms", "5000").body(Default::default()).unwrap());
+        tokio::time::timeout(Duration::from_secs(20), r).await
+    });
+    assert!(eventually(Duration::from_secs(5), || be.requests() == 1).await);
+    let cut = tokio::task::spawn_blocking(move || lb.server.shutdown()).await.unwrap();
+    assert_eq!(cut, 1);
+    let lines = log.lines();
+    let line = lines.iter().find(|l| l["path"] == "/slow").expect("the cut request has a log line");
+    assert_eq!(line["error"], "shutdown_drain_elapsed");
+    let _ = slow.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_closing_idle_connections_costs_no_request() {
+    // The target closes connections idle for 20 ms; the gaps between requests straddle it.
+    let target = Scripted::closing_idle(Duration::from_millis(20)).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let c = client();
+    for i in 0..200u64 {
+        let r = get(&c, &lb.url("web", "/")).await;
+        assert_eq!(r.status.as_u16(), 200, "GET {i}");
+        tokio::time::sleep(Duration::from_millis(15 + i % 10)).await; // around the target's idle timeout, on purpose
+    }
+}
