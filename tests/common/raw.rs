@@ -42,13 +42,16 @@ impl Reply {
     }
 }
 
+/// Each request's raw bytes, with the index of the connection it came on.
+pub type Seen = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
+
 /// A raw TCP target: each request gets the next scripted reply, then [`Reply::ok`] for ever.
 /// With `hang_up_on_reuse`, a connection serves one request and closes, without answering, when
 /// the next one arrives on it (a keep-alive timeout racing a request).
 pub struct Scripted {
     pub addr: SocketAddr,
     /// Each request's raw head (and body when read), with the index of its connection.
-    pub seen: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+    pub seen: Seen,
     pub connections: Arc<AtomicUsize>,
     script: Arc<Mutex<VecDeque<Reply>>>,
     task: JoinHandle<()>,
@@ -80,7 +83,7 @@ impl Scripted {
     async fn start_with(script: Vec<Reply>, hang_up_on_reuse: bool, idle: Option<Duration>) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let seen: Arc<Mutex<Vec<(usize, Vec<u8>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let connections = Arc::new(AtomicUsize::new(0));
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let (s, c, q) = (seen.clone(), connections.clone(), script.clone());
