@@ -73,7 +73,7 @@ impl H1Source {
         self.guard = None;
         if let Some(conn) = self.conn.take() {
             if self.reusable && self.tbuf.is_empty() {
-                upstream::checkin(self.target, conn);
+                upstream::checkin(self.target, conn, tokio::time::Instant::now());
             }
         }
     }

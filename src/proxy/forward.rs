@@ -124,10 +124,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+thread_local! {
+    /// A monotonic instant and the Unix seconds it corresponds to, re-read once a minute.
+    static UNIX_BASE: std::cell::Cell<Option<(std::time::Instant, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Unix seconds at `now`, from a per-thread base: no second clock read per request.
+fn unix_secs(now: std::time::Instant) -> u64 {
+    UNIX_BASE.with(|b| match b.get().map(|(at, secs)| (now.checked_duration_since(at), secs)) {
+        Some((Some(since), secs)) if since.as_secs() < 60 => secs + since.as_secs(),
+        _ => {
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            b.set(Some((now, secs)));
+            secs
+        }
+    })
+}
+
 /// A new request id in ALB's trace-id shape: `1-<epoch seconds hex>-<24 hex random>`.
 pub fn new_request_id() -> [u8; 35] {
+    new_request_id_at(std::time::Instant::now())
+}
+
+/// [`new_request_id`] for a request that started at `now`.
+pub fn new_request_id_at(now: std::time::Instant) -> [u8; 35] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32;
+    let secs = unix_secs(now) as u32;
     let mut buf = [0u8; 35];
     buf[0] = b'1';
     buf[1] = b'-';

@@ -35,15 +35,16 @@ use super::forward::{self, X_REQUEST_ID};
 use super::h1::body::{size_line, Decoder, Event};
 use super::h1::buf::Buf;
 use super::h1::client::{self, Outbound, SendError, Sending};
-use super::h1::io::{self as hio, ClientIo};
+use super::h1::io::{self as hio, ClientIo, Timer};
 use super::h1::parse::{self, BodyLen, Kind, RequestHead, Version as H1Version};
 use super::h1::server::Next;
 use super::service::{count_answer, redirect_location, ConnCtx, LogFields, RequestLog};
 use super::upstream::{self, H2Body, Stream};
 use crate::balance::Target;
 use crate::config::file::UpstreamProtocol;
-use crate::config::snapshot::{Action, ForwardArm, ListenerConfig, Snapshot};
+use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::routing::{normalize_host, RequestView};
+use crate::telemetry::metrics::ListenerStats;
 
 /// hyper's service for one HTTP/2 client connection. The request future is boxed: hyper keeps
 /// one future of the service's type per connection, so an unboxed one would be held by every
@@ -113,19 +114,14 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
     let raw_host = raw_host.as_str();
     let h = req.headers();
     let s = |n: &HeaderName| h.get(n).and_then(|v| v.to_str().ok());
-    let mut log = RequestLog::start(
-        &ctx,
-        &snap,
-        started,
-        &LogFields {
-            method: req.method().as_str(),
-            host: raw_host,
-            path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            bytes_in: declared.unwrap_or(0),
-            user_agent: s(&header::USER_AGENT),
-            request_id: s(&X_REQUEST_ID),
-        },
-    );
+    let mut log = RequestLog::start(&ctx, &snap, started, || LogFields {
+        method: req.method().as_str(),
+        host: raw_host,
+        path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        bytes_in: declared.unwrap_or(0),
+        user_agent: s(&header::USER_AGENT),
+        request_id: s(&X_REQUEST_ID),
+    });
     let refused = match host_error {
         Some(e) => Some(e),
         None if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > ctx.server.max_uri_bytes => {
@@ -137,7 +133,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         None => None,
     };
     let resp = if let Some(e) = refused {
-        answered(Answer::error(&e, grpc), &listener.own_codes, None, &mut log)
+        answered(Answer::error(&e, grpc), &listener.stats, &listener.own_codes, None, &mut log)
     } else {
         let host = normalize_host(raw_host).into_owned();
         let route = listener.router.route(&RequestView {
@@ -151,10 +147,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         let rule = route.rule.map(|r| r.name.clone());
         log.with(|r| r.rule = rule);
         match route.action {
-            Action::Fixed(f) => answered(Answer::fixed(f), &f.codes, None, &mut log),
+            Action::Fixed(f) => answered(Answer::fixed(f), &listener.stats, &f.codes, None, &mut log),
             Action::Redirect(rd) => {
                 let loc = redirect_location(rd, &ctx.client, &host, req.uri().path(), req.uri().query());
-                answered(Answer::redirect(rd.status, &loc), &rd.codes, None, &mut log)
+                answered(Answer::redirect(rd.status, &loc), &listener.stats, &rd.codes, None, &mut log)
             }
             Action::Forward(fw) => {
                 let arm = fw.choose();
@@ -175,14 +171,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                     }
                     Err(e) => {
                         tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, error = %e, "answered by the balancer");
-                        answered(Answer::error(&e, grpc), &arm.codes, Some(arm), &mut log)
+                        answered(Answer::error(&e, grpc), &listener.stats, &arm.codes, Some(arm), &mut log)
                     }
                 }
             }
         }
     };
     let mut resp = resp;
-    listener.stats.request_duration.observe(started.elapsed());
     listener.stats.processed_bytes.fetch_add(declared.unwrap_or(0), Ordering::Relaxed);
     resp.body_mut().count_into(listener.stats.clone());
     resp.body_mut().log_on_end(log);
@@ -192,12 +187,13 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
 /// Accounts an answer of the balancer's own and makes it a response.
 fn answered(
     a: Answer,
+    stats: &ListenerStats,
     codes: &crate::telemetry::metrics::CodeCounters,
     arm: Option<&ForwardArm>,
     log: &mut RequestLog,
 ) -> Response<RespBody> {
     count_answer(&a, codes, arm);
-    log.head_sent(a.logged_status(), None);
+    log.head_sent(stats, a.logged_status(), None);
     if let Some(why) = a.reason {
         log.with(|r| r.error = Some(why));
     }
@@ -228,13 +224,14 @@ async fn to_h2_target(
         && client::is_idempotent(parts.method.as_str().as_bytes()))
     .then(|| Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
     let body: H2Body = Limited::new(body, limit).map_err(BoxError::from).boxed_unsync();
-    send_h2(arm, Request::from_parts(parts, body), replay, log).await
+    send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, log).await
 }
 
 /// Sends `req` to an HTTP/2 target of `arm`'s group: retried on another target when connecting
 /// fails, or, for a replayable request, when the target fails before responding.
 async fn send_h2(
     arm: &ForwardArm,
+    stats: &ListenerStats,
     req: Request<H2Body>,
     replay: Option<Replay>,
     log: &mut RequestLog,
@@ -280,7 +277,7 @@ async fn send_h2(
                 target.record_passive_success();
                 let took = sent_at.elapsed();
                 arm.target_response.observe(took);
-                log.head_sent(resp.status().as_u16(), Some(took));
+                log.head_sent(stats, resp.status().as_u16(), Some(took));
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
                 return Ok(Response::from_parts(parts, RespBody::h2(body, guard)));
@@ -523,7 +520,10 @@ async fn to_h1_target(
         client_idle: ctx.server.idle_timeout,
     };
     let mut attempts = client::Attempts::default();
-    let sent = client::send(arm, &mut out, &limits, &mut attempts).await;
+    // An HTTP/2 stream has no connection timer of its own: one for this request.
+    let sleep = std::pin::pin!(tokio::time::sleep(settings.response_timeout));
+    let mut timer = Timer::new(sleep);
+    let sent = client::send(arm, &mut out, &limits, &mut attempts, &mut timer, log.started()).await;
     log.with(|r| r.target = attempts.target);
     let client::Answered { target, guard, conn, mut tbuf, mut head, mut sending, sent_at } = sent?;
     let mut conn = conn;
@@ -542,7 +542,17 @@ async fn to_h1_target(
         ) {
             Ok(Some(h)) => h,
             Err(reason) => return Err(ProxyError::BadResponse { addr: target.addr, reason }),
-            Ok(None) => match client::next_head(&mut out, &mut sending, &mut conn.io, &mut tbuf, &limits).await {
+            Ok(None) => match client::next_head(
+                &mut out,
+                &mut sending,
+                &mut conn.io,
+                &mut tbuf,
+                &limits,
+                &mut timer,
+                tokio::time::Instant::now(),
+            )
+            .await
+            {
                 client::Got::Head(h) => h,
                 client::Got::Bad(reason) => return Err(ProxyError::BadResponse { addr: target.addr, reason }),
                 client::Got::TimedOut { waiting_for_client: true } => return Err(ProxyError::RequestTimeout),
@@ -554,7 +564,7 @@ async fn to_h1_target(
     }
     let took = sent_at.elapsed();
     arm.target_response.observe(took);
-    log.head_sent(head.status, Some(took));
+    log.head_sent(&listener.stats, head.status, Some(took));
     let data = tbuf.data();
     let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::from_u16(head.status)
@@ -646,12 +656,12 @@ pub async fn forward_from_h1<S: ClientIo>(
     rbuf: &mut Buf,
     head: &RequestHead,
     ctx: &ConnCtx,
-    snap: &Snapshot,
+    listener: &ListenerConfig,
     arm: &ForwardArm,
     request_id: Option<&[u8]>,
     mut log: RequestLog,
+    timer: &mut Timer<'_>,
 ) -> Next {
-    let listener = ctx.listener(snap);
     let data = rbuf.data();
     let idle = ctx.server.idle_timeout;
     let local = head.authority.is_none().then(|| io.local_addr()).flatten().map(|a| a.to_string());
@@ -691,7 +701,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     if built.is_none() {
         let a = Answer::error(&ProxyError::BadRequest("not_representable_in_http2"), head.grpc);
         count_answer(&a, &arm.codes, Some(arm));
-        return answer_h1(io, rbuf, head, ctx, a, log).await;
+        return super::h1::server::respond(io, rbuf, head, ctx, a, log, timer).await;
     }
     let (mut parts, ()) = req.into_parts();
     forward::prepare_head(&mut parts, &ctx.client, authority, UpstreamProtocol::Http2);
@@ -710,7 +720,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     let mut tx = tx;
     let mut sent_body = 0u64;
     let limit = listener.max_request_body;
-    let send = send_h2(arm, Request::from_parts(parts, body), replay, &mut log);
+    let send = send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, &mut log);
     let result = async {
         tokio::pin!(send);
         loop {
@@ -742,7 +752,7 @@ pub async fn forward_from_h1<S: ClientIo>(
             count_answer(&a, &arm.codes, Some(arm));
             let mut a = a;
             a.close |= !body_done;
-            return answer_h1(io, rbuf, head, ctx, a, log).await;
+            return super::h1::server::respond(io, rbuf, head, ctx, a, log, timer).await;
         }
     };
     arm.codes.inc(resp.status().as_u16());
@@ -779,7 +789,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     let timeout = arm.group.settings.response_timeout;
     let mut total = 0u64;
     let relayed: Result<(), &'static str> = async {
-        hio::write_bytes(io, &out, idle).await.map_err(|_| "client_closed")?;
+        hio::write_bytes(io, &out, timer, idle).await.map_err(|_| "client_closed")?;
         if no_body {
             return Ok(());
         }
@@ -798,7 +808,7 @@ pub async fn forward_from_h1<S: ClientIo>(
                     let n = if chunked { size_line(d.len(), &mut line) } else { 0 };
                     let tail: &[u8] = if chunked { b"\r\n" } else { b"" };
                     let mut slices = [IoSlice::new(&line[..n]), IoSlice::new(&d), IoSlice::new(tail)];
-                    hio::write_all(io, &mut slices, idle).await.map_err(|_| "client_closed")?;
+                    hio::write_all(io, &mut slices, timer, idle).await.map_err(|_| "client_closed")?;
                 }
                 Err(frame) => {
                     if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
@@ -810,14 +820,14 @@ pub async fn forward_from_h1<S: ClientIo>(
                             t.extend_from_slice(b"\r\n");
                         }
                         t.extend_from_slice(b"\r\n");
-                        hio::write_bytes(io, &t, idle).await.map_err(|_| "client_closed")?;
+                        hio::write_bytes(io, &t, timer, idle).await.map_err(|_| "client_closed")?;
                         return Ok(());
                     }
                 }
             }
         }
         if chunked {
-            hio::write_bytes(io, b"0\r\n\r\n", idle).await.map_err(|_| "client_closed")?;
+            hio::write_bytes(io, b"0\r\n\r\n", timer, idle).await.map_err(|_| "client_closed")?;
         }
         Ok(())
     }
@@ -838,16 +848,4 @@ pub async fn forward_from_h1<S: ClientIo>(
             Next::Close { linger: false }
         }
     }
-}
-
-/// Writes an answer to an HTTP/1.1 client from the seam (through the session's answer path).
-async fn answer_h1<S: ClientIo>(
-    io: &mut S,
-    rbuf: &mut Buf,
-    head: &RequestHead,
-    ctx: &ConnCtx,
-    a: Answer,
-    log: RequestLog,
-) -> Next {
-    super::h1::server::respond(io, rbuf, head, ctx, a, log).await
 }

@@ -15,7 +15,7 @@ use crate::config::file::AccessLogFormat;
 use crate::config::snapshot::{ForwardArm, ListenerConfig, RedirectAction, ServerSettings, Snapshot};
 use crate::state::SharedState;
 use crate::telemetry::access_log::{secs, AccessLog, Record};
-use crate::telemetry::metrics::CodeCounters;
+use crate::telemetry::metrics::{CodeCounters, ListenerStats};
 
 /// What every request of one client connection shares.
 #[derive(Debug)]
@@ -85,26 +85,37 @@ pub struct LogFields<'a> {
 struct Pending {
     log: AccessLog,
     record: Record,
-    started: Instant,
     head_sent: Option<Instant>,
     draining: Arc<SharedState>,
 }
 
-/// One request's access log line while the exchange runs. It is written by
+/// One request's accounting while the exchange runs: when it started (for
+/// `pilotfish_request_duration_seconds`, observed as the response head goes out) and its access
+/// log line, kept when the snapshot logs requests. The line is written by
 /// [`RequestLog::finish`], or, if the exchange is cut (the client went away, or shutdown ended
 /// the drain), when it is dropped, with the reason in `error`.
-#[derive(Default)]
-pub struct RequestLog(Option<Box<Pending>>);
+pub struct RequestLog {
+    started: Instant,
+    line: Option<Box<Pending>>,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog { started: Instant::now(), line: None }
+    }
+}
 
 impl RequestLog {
-    /// Starts the line of a request on `ctx`, when the current snapshot logs requests.
-    pub fn start(ctx: &ConnCtx, snap: &Snapshot, started: Instant, fields: &LogFields<'_>) -> RequestLog {
-        Self::start_with(ctx, snap, started, |r| fill(r, fields))
-    }
-
-    fn start_with(ctx: &ConnCtx, snap: &Snapshot, started: Instant, f: impl FnOnce(&mut Record)) -> RequestLog {
+    /// Starts the line of a request on `ctx`, when the current snapshot logs requests; `fields`
+    /// is only called then.
+    pub fn start<'a>(
+        ctx: &ConnCtx,
+        snap: &Snapshot,
+        started: Instant,
+        fields: impl FnOnce() -> LogFields<'a>,
+    ) -> RequestLog {
         let Some(log) = ctx.state.access_log.as_ref().filter(|_| snap.access_log == AccessLogFormat::Json) else {
-            return RequestLog(None);
+            return RequestLog { started, line: None };
         };
         let mut record = Record {
             time: SystemTime::now(),
@@ -126,52 +137,60 @@ impl RequestLog {
             request_id: None,
             error: None,
         };
-        f(&mut record);
-        RequestLog(Some(Box::new(Pending {
-            log: log.clone(),
-            record,
+        fill(&mut record, &fields());
+        RequestLog {
             started,
-            head_sent: None,
-            draining: ctx.state.clone(),
-        })))
+            line: Some(Box::new(Pending { log: log.clone(), record, head_sent: None, draining: ctx.state.clone() })),
+        }
+    }
+
+    /// When the request started.
+    pub fn started(&self) -> tokio::time::Instant {
+        self.started.into()
     }
 
     /// Whether a line is being kept.
     pub fn is_on(&self) -> bool {
-        self.0.is_some()
+        self.line.is_some()
     }
 
     /// Changes the record (when on).
     #[inline]
     pub fn with(&mut self, f: impl FnOnce(&mut Record)) {
-        if let Some(p) = &mut self.0 {
+        if let Some(p) = &mut self.line {
             f(&mut p.record);
         }
     }
 
-    /// Records the response head going out with `status`, `target_time` after forwarding.
-    pub fn head_sent(&mut self, status: u16, target_time: Option<Duration>) {
-        if let Some(p) = &mut self.0 {
-            let now = Instant::now();
-            p.head_sent = Some(now);
+    /// The response head goes out now with `status`, `target_time` after forwarding.
+    pub fn head_sent(&mut self, stats: &ListenerStats, status: u16, target_time: Option<Duration>) {
+        self.head_sent_at(Instant::now(), stats, status, target_time);
+    }
+
+    /// The response head went out `at` with `status`, `target_time` after forwarding: observed
+    /// in `stats`' request duration, and recorded in the line.
+    pub fn head_sent_at(&mut self, at: Instant, stats: &ListenerStats, status: u16, target_time: Option<Duration>) {
+        let took = at.saturating_duration_since(self.started);
+        stats.request_duration.observe(took);
+        if let Some(p) = &mut self.line {
+            p.head_sent = Some(at);
             p.record.status = status;
             p.record.target_processing_time = target_time.map(secs);
-            p.record.request_processing_time =
-                secs(now.duration_since(p.started).saturating_sub(target_time.unwrap_or_default()));
+            p.record.request_processing_time = secs(took.saturating_sub(target_time.unwrap_or_default()));
         }
     }
 
     /// Adds response body bytes.
     #[inline]
     pub fn add_bytes_out(&mut self, n: u64) {
-        if let Some(p) = &mut self.0 {
+        if let Some(p) = &mut self.line {
             p.record.bytes_out += n;
         }
     }
 
     /// Writes the line; `error` says why the exchange did not end normally.
     pub fn finish(mut self, error: Option<&'static str>) {
-        if let Some(mut p) = self.0.take() {
+        if let Some(mut p) = self.line.take() {
             if error.is_some() {
                 p.record.error = error;
             }
@@ -198,7 +217,7 @@ fn write(mut p: Pending) {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        if let Some(mut p) = self.0.take() {
+        if let Some(mut p) = self.line.take() {
             if p.record.error.is_none() {
                 p.record.error =
                     Some(if p.draining.is_draining() { "shutdown_drain_elapsed" } else { "request_incomplete" });

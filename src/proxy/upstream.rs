@@ -18,7 +18,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -138,12 +140,12 @@ fn still_clean(io: &mut Stream) -> bool {
 
 /// An idle connection to target `id` from this worker's pool, newest first; `None` if there is
 /// no clean one.
-pub fn checkout(id: u64) -> Option<Conn> {
+pub fn checkout(id: u64, now: Instant) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let idle = p.idle.get_mut(&id)?;
         while let Some(mut c) = idle.pop_back() {
-            if c.since.elapsed() > MAX_IDLE_AGE {
+            if now.saturating_duration_since(c.since) > MAX_IDLE_AGE {
                 // The newest is too old, so are all the others.
                 idle.clear();
                 break;
@@ -157,9 +159,8 @@ pub fn checkout(id: u64) -> Option<Conn> {
 }
 
 /// Returns a connection whose exchange ended cleanly (response read to its end, nothing left
-/// over, no `Connection: close`) to this worker's pool.
-pub fn checkin(id: u64, conn: Conn) {
-    let now = Instant::now();
+/// over, no `Connection: close`) to this worker's pool; `now` is about the time it became idle.
+pub fn checkin(id: u64, conn: Conn, now: Instant) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let idle = p.idle.entry(id).or_default();

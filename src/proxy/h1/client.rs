@@ -15,17 +15,18 @@
 //! exchange ended cleanly: the request fully sent, the response read to its end, nothing left
 //! over, no `Connection: close`.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use tokio::time::Sleep;
+use tokio::time::Instant;
 
 use super::buf::Buf;
+use super::io::Timer;
 use super::parse::{parse_response, ResponseHead};
 use crate::balance::{InFlightGuard, Target};
 use crate::config::snapshot::ForwardArm;
@@ -99,16 +100,18 @@ pub enum Got {
     Client(ProxyError),
 }
 
-/// Reads the next response head from `target` while sending what is left of the body.
+/// Reads the next response head from `target` while sending what is left of the body; the
+/// deadlines count from `since` (when the request was written) and from the last progress.
 pub async fn next_head<O: Outbound>(
     out: &mut O,
     sending: &mut Sending,
     target: &mut Stream,
     tbuf: &mut Buf,
     limits: &Limits,
+    timer: &mut Timer<'_>,
+    since: Instant,
 ) -> Got {
-    let mut timer = pin!(None::<Sleep>);
-    let mut last = Instant::now();
+    let mut last = since;
     poll_fn(|cx| loop {
         let mut progressed = false;
         if tbuf.spare() == 0 {
@@ -153,15 +156,7 @@ pub async fn next_head<O: Outbound>(
         // Nothing moved: wait, within the deadline (re-armed lazily when progress moved it).
         let waiting_for_client = *sending == Sending::Body && out.waiting_for_client();
         let deadline = last + if waiting_for_client { limits.client_idle } else { limits.response_timeout };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if timer.is_none() {
-            timer.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        let mut t = timer.as_mut().as_pin_mut().expect("set above");
-        if t.deadline() < deadline {
-            t.as_mut().reset(deadline);
-        }
-        if t.poll(cx).is_ready() {
+        if timer.poll_expired(cx, deadline) {
             return Poll::Ready(Got::TimedOut { waiting_for_client });
         }
         return Poll::Pending;
@@ -201,6 +196,8 @@ pub async fn send<O: Outbound>(
     out: &mut O,
     limits: &Limits,
     attempts: &mut Attempts,
+    timer: &mut Timer<'_>,
+    started: Instant,
 ) -> Result<Answered, ProxyError> {
     let group = &arm.group;
     let settings = &group.settings;
@@ -224,13 +221,15 @@ pub async fn send<O: Outbound>(
         attempts.count += 1;
         attempts.target = Some(target.addr);
         let guard = target.start_request();
-        let pooled = if fresh_only { None } else { upstream::checkout(target.id) };
-        let mut conn = match pooled {
-            Some(c) => c,
+        // The first attempt goes out as the request is read: no second clock read for it.
+        let now = if attempts.count == 1 { started } else { Instant::now() };
+        let pooled = if fresh_only { None } else { upstream::checkout(target.id, now) };
+        let (mut conn, sent_at) = match pooled {
+            Some(c) => (c, now),
             // Boxed: opening a connection (TCP, TLS) is rare on a warm pool, and its state would
             // otherwise sit in every request's future.
             None => match Box::pin(upstream::connect_h1(target.addr, settings)).await {
-                Ok(c) => c,
+                Ok(c) => (c, Instant::now()),
                 Err(e) => {
                     tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");
                     arm.group_stats.target_connection_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -243,12 +242,11 @@ pub async fn send<O: Outbound>(
                 }
             },
         };
-        let sent_at = Instant::now();
         let wrote = poll_fn(|cx| out.poll_head(cx, &mut conn.io)).await;
         let mut sending = if out.body_pending() { Sending::Body } else { Sending::Done };
         let mut tbuf = Buf::take();
         let got = match wrote {
-            Ok(()) => next_head(out, &mut sending, &mut conn.io, &mut tbuf, limits).await,
+            Ok(()) => next_head(out, &mut sending, &mut conn.io, &mut tbuf, limits, timer, sent_at).await,
             Err(_) => Got::Closed { any: false },
         };
         match got {
@@ -315,16 +313,30 @@ pub fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// Reads more of a response from `target` into `tbuf` (0 at EOF), failing when the target is
-/// silent for `idle`.
-pub async fn read_more(target: &mut Stream, tbuf: &mut Buf, idle: Duration) -> io::Result<usize> {
+/// silent for `idle` (the clock is read only if the read has to wait).
+pub async fn read_more(
+    target: &mut Stream,
+    tbuf: &mut Buf,
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> io::Result<usize> {
     tbuf.reset_if_empty();
     if tbuf.spare() == 0 {
         tbuf.compact_to(0);
     }
-    match tokio::time::timeout(idle, tbuf.read_from(target)).await {
-        Ok(r) => r,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
+    let mut deadline = None;
+    poll_fn(|cx| match tbuf.poll_read_from(target, cx) {
+        Poll::Ready(r) => Poll::Ready(r),
+        Poll::Pending => {
+            let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
+            if timer.poll_expired(cx, d) {
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            } else {
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Flushes `w` (TLS keeps what it encrypted until flushed).

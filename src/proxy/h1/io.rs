@@ -1,13 +1,16 @@
-//! Writing with progress deadlines, and the stream trait client connections implement.
+//! A connection's timer, writing with progress deadlines, closing, and the stream trait client
+//! connections implement.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// A client connection the engine serves: TCP or TLS over it.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -27,34 +30,99 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
-/// Writes every slice, then flushes (TLS buffers what it encrypts). Fails with `TimedOut` when
-/// the peer accepts nothing for `idle`.
-pub async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
-    w: &mut W,
-    mut slices: &mut [IoSlice<'_>],
-    idle: Duration,
-) -> io::Result<()> {
-    while !slices.is_empty() {
-        let n = poll_fn(|cx| Pin::new(&mut *w).poll_write_vectored(cx, slices));
-        // The write usually completes at once: only a blocked one pays for a timer.
-        let n = match tokio::time::timeout(idle, n).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut slices, n);
+/// A client connection's one timer. Every wait on the connection (the next request, the rest of
+/// a head, a target's answer, a slow peer) has a deadline, and the timer is kept armed at or
+/// before the nearest one: it is moved only when a deadline is earlier than where it is armed,
+/// or when it fires for a deadline that has since moved on. With the default timeouts (idle
+/// and response both 60 s) a keep-alive connection moves its timer about once a minute instead
+/// of registering and cancelling timers on every request.
+pub struct Timer<'a>(Pin<&'a mut Sleep>);
+
+impl<'a> Timer<'a> {
+    /// The timer over `sleep` (armed wherever it is).
+    pub fn new(sleep: Pin<&'a mut Sleep>) -> Self {
+        Timer(sleep)
     }
-    match tokio::time::timeout(idle, w.flush()).await {
-        Ok(r) => r,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+
+    /// Whether `deadline` has passed; otherwise the task is woken when it does (or earlier).
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        if self.0.deadline() > deadline {
+            self.0.as_mut().reset(deadline);
+        }
+        loop {
+            match self.0.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(()) if self.0.deadline() >= deadline => return true,
+                // Fired for an earlier deadline: on to this one.
+                Poll::Ready(()) => self.0.as_mut().reset(deadline),
+            }
+        }
     }
 }
 
+/// Runs `fut` until `deadline` (`None` if it passes first).
+pub async fn within<F: Future>(timer: &mut Timer<'_>, deadline: Instant, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        if timer.poll_expired(cx, deadline) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Writes every slice, then flushes (TLS buffers what it encrypts). Fails with `TimedOut` when
+/// the peer accepts nothing for `idle`; the clock is read only when a write has to wait.
+pub async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    mut slices: &mut [IoSlice<'_>],
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> io::Result<()> {
+    let mut deadline: Option<Instant> = None;
+    poll_fn(|cx| loop {
+        let r = if slices.is_empty() {
+            match Pin::new(&mut *w).poll_flush(cx) {
+                Poll::Ready(r) => return Poll::Ready(r),
+                Poll::Pending => None,
+            }
+        } else {
+            match Pin::new(&mut *w).poll_write_vectored(cx, slices) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => Some(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => None,
+            }
+        };
+        match r {
+            Some(n) => {
+                IoSlice::advance_slices(&mut slices, n);
+                deadline = None;
+            }
+            None => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
+                if timer.poll_expired(cx, d) {
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
 /// Writes one buffer (see [`write_all`]).
-pub async fn write_bytes<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, bytes: &[u8], idle: Duration) -> io::Result<()> {
-    write_all(w, &mut [IoSlice::new(bytes)], idle).await
+pub async fn write_bytes<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    bytes: &[u8],
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> io::Result<()> {
+    write_all(w, &mut [IoSlice::new(bytes)], timer, idle).await
 }
 
 /// How long a closing connection keeps reading (and discarding) what the client still sends,

@@ -83,26 +83,27 @@ pub enum Kind {
 impl Kind {
     fn of(name: &[u8]) -> Kind {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        // By length first: most names are none of these and cost one comparison.
-        match name.len() {
-            2 if is("te") => Kind::Te,
-            4 if is("host") => Kind::Host,
-            6 if is("expect") => Kind::Expect,
-            7 if is("trailer") => Kind::Trailer,
-            7 if is("upgrade") => Kind::Upgrade,
-            10 if is("connection") => Kind::Connection,
-            10 if is("keep-alive") => Kind::KeepAlive,
-            10 if is("user-agent") => Kind::UserAgent,
-            12 if is("content-type") => Kind::ContentType,
-            12 if is("x-request-id") => Kind::XRequestId,
-            14 if is("content-length") => Kind::ContentLength,
-            15 if is("x-forwarded-for") => Kind::XForwardedFor,
-            16 if is("proxy-connection") => Kind::ProxyConnection,
-            16 if is("x-forwarded-port") => Kind::XForwardedPort,
-            17 if is("transfer-encoding") => Kind::TransferEncoding,
-            17 if is("x-forwarded-proto") => Kind::XForwardedProto,
-            18 if is("proxy-authenticate") => Kind::ProxyAuthenticate,
-            19 if is("proxy-authorization") => Kind::ProxyAuthorization,
+        // By length and first letter first: most names are none of these and cost no string
+        // comparison (httparse guarantees at least one byte).
+        match (name.len(), name[0] | 0x20) {
+            (2, b't') if is("te") => Kind::Te,
+            (4, b'h') if is("host") => Kind::Host,
+            (6, b'e') if is("expect") => Kind::Expect,
+            (7, b't') if is("trailer") => Kind::Trailer,
+            (7, b'u') if is("upgrade") => Kind::Upgrade,
+            (10, b'c') if is("connection") => Kind::Connection,
+            (10, b'k') if is("keep-alive") => Kind::KeepAlive,
+            (10, b'u') if is("user-agent") => Kind::UserAgent,
+            (12, b'c') if is("content-type") => Kind::ContentType,
+            (12, b'x') if is("x-request-id") => Kind::XRequestId,
+            (14, b'c') if is("content-length") => Kind::ContentLength,
+            (15, b'x') if is("x-forwarded-for") => Kind::XForwardedFor,
+            (16, b'p') if is("proxy-connection") => Kind::ProxyConnection,
+            (16, b'x') if is("x-forwarded-port") => Kind::XForwardedPort,
+            (17, b't') if is("transfer-encoding") => Kind::TransferEncoding,
+            (17, b'x') if is("x-forwarded-proto") => Kind::XForwardedProto,
+            (18, b'p') if is("proxy-authenticate") => Kind::ProxyAuthenticate,
+            (19, b'p') if is("proxy-authorization") => Kind::ProxyAuthorization,
             _ => Kind::Other,
         }
     }
@@ -783,6 +784,36 @@ pub fn parse_response(
     Ok(Some(head))
 }
 
+/// Bytes of a reg-name: unreserved, percent-encoded (`%`) or sub-delims.
+static REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    t
+};
+
 /// RFC 9110 section 7.2: `Host = uri-host [ ":" port ]`, where uri-host is a reg-name (unreserved,
 /// percent-encoded or sub-delims characters), an IPv4 address or a bracketed IP literal. Checked
 /// by hand: parsing into `http::uri::Authority` copies the value and also accepts userinfo
@@ -809,8 +840,7 @@ pub fn valid_host(s: &str) -> bool {
             None => (b, None),
         }
     };
-    let reg_name_ok = b.first() == Some(&b'[')
-        || (!host.is_empty() && host.iter().all(|&c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&c)));
+    let reg_name_ok = b.first() == Some(&b'[') || (!host.is_empty() && host.iter().all(|&c| REG_NAME[usize::from(c)]));
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
     reg_name_ok && port_ok
 }

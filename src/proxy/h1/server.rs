@@ -20,20 +20,20 @@ use std::ops::Range;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
 use tokio::io::AsyncWrite;
-use tokio::time::Sleep;
+use tokio::time::Instant;
 
 use super::body::{size_line, Decoder, Event};
 use super::buf::{poll_read_pooled, Buf};
 use super::client::{self, Answered, Outbound, SendError, Sending};
 use super::encode::{self, OutFraming, RequestAdditions, ResponseEdits, Slices};
-use super::io::{self as hio, ClientIo};
+use super::io::{self as hio, ClientIo, Timer};
 use super::parse::{self, BodyLen, Field, Limits, RequestHead, Version};
 use crate::config::file::UpstreamProtocol;
-use crate::config::snapshot::{Action, ForwardArm, Snapshot};
+use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::proxy::answer::Answer;
 use crate::proxy::error::ProxyError;
 use crate::proxy::service::{count_answer, redirect_location, ConnCtx, LogFields, RequestLog};
@@ -62,15 +62,18 @@ pub async fn serve<S: ClientIo, C: Future<Output = ()> + Send>(
     let mut closing = closing;
     let mut carry: Option<Buf> = None;
     let mut first = h2c;
+    let idle = ctx.server.idle_timeout;
+    let sleep = pin!(tokio::time::sleep(idle));
+    let mut timer = Timer::new(sleep);
     loop {
         if carry.as_ref().is_none_or(Buf::is_empty) {
             carry = None;
-            if !wait_for_request(&mut io, &mut carry, ctx.server.idle_timeout, closing.as_mut()).await {
+            if !wait_for_request(&mut io, &mut carry, idle, closing.as_mut(), &mut timer).await {
                 break;
             }
         }
         let buf = carry.take().expect("bytes of a request");
-        match Box::pin(exchange(&mut io, buf, ctx, first)).await {
+        match Box::pin(exchange(&mut io, buf, ctx, first, &mut timer)).await {
             Next::KeepAlive(rest) => carry = rest,
             Next::Close { linger } => {
                 hio::close(&mut io, linger).await;
@@ -94,9 +97,10 @@ async fn wait_for_request<S: ClientIo>(
     slot: &mut Option<Buf>,
     idle: Duration,
     mut closing: Pin<&mut (impl Future<Output = ()> + Send)>,
+    timer: &mut Timer<'_>,
 ) -> bool {
-    let deadline = tokio::time::Instant::now() + idle;
-    let mut timer = pin!(None::<Sleep>);
+    // The idle time counts from the first time the read had to wait.
+    let mut deadline = None;
     poll_fn(|cx| {
         match poll_read_pooled(slot, io, cx) {
             Poll::Ready(Ok(n)) => return Poll::Ready(n > 0),
@@ -106,14 +110,11 @@ async fn wait_for_request<S: ClientIo>(
         if closing.as_mut().poll(cx).is_ready() {
             return Poll::Ready(false);
         }
-        // The timer is made only when the read had to wait.
-        if timer.is_none() {
-            timer.set(Some(tokio::time::sleep_until(deadline)));
+        let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
+        if timer.poll_expired(cx, d) {
+            return Poll::Ready(false);
         }
-        match timer.as_mut().as_pin_mut().expect("set above").poll(cx) {
-            Poll::Ready(()) => Poll::Ready(false),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Pending
     })
     .await
 }
@@ -144,11 +145,18 @@ enum NoHead {
 }
 
 /// Reads until `rbuf` holds a complete request head and parses it.
-async fn read_head<S: ClientIo>(io: &mut S, rbuf: &mut Buf, ctx: &ConnCtx, h2c: bool) -> Result<RequestHead, NoHead> {
+async fn read_head<S: ClientIo>(
+    io: &mut S,
+    rbuf: &mut Buf,
+    ctx: &ConnCtx,
+    h2c: bool,
+    timer: &mut Timer<'_>,
+    started: Instant,
+) -> Result<RequestHead, NoHead> {
     let s = &ctx.server;
     let limits =
         Limits { max_head_bytes: s.max_header_bytes, max_headers: s.max_headers, max_uri_bytes: s.max_uri_bytes };
-    let deadline = tokio::time::Instant::now() + s.header_read_timeout;
+    let deadline = started + s.header_read_timeout;
     loop {
         if h2c && rbuf.filled().starts_with(b"PRI ") {
             return Err(NoHead::Http2);
@@ -162,23 +170,23 @@ async fn read_head<S: ClientIo>(io: &mut S, rbuf: &mut Buf, ctx: &ConnCtx, h2c: 
             rbuf.compact_to(0);
             rbuf.reserve(4096, limits.max_head_bytes + 1);
         }
-        match tokio::time::timeout_at(deadline, rbuf.read_from(io)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return Err(NoHead::Gone),
-            Err(_) => return Err(NoHead::Refused(ProxyError::RequestTimeout)),
+        match hio::within(timer, deadline, rbuf.read_from(io)).await {
+            Some(Ok(n)) if n > 0 => {}
+            Some(_) => return Err(NoHead::Gone),
+            None => return Err(NoHead::Refused(ProxyError::RequestTimeout)),
         }
     }
 }
 
 /// One request: read, route, answer or forward, account.
-async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bool) -> Next {
+async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bool, timer: &mut Timer<'_>) -> Next {
     let started = Instant::now();
     rbuf.compact_to(0);
-    let head = match read_head(io, &mut rbuf, ctx, h2c).await {
+    let head = match read_head(io, &mut rbuf, ctx, h2c, timer, started).await {
         Ok(h) => h,
         Err(NoHead::Gone) => return Next::Close { linger: false },
         Err(NoHead::Http2) => return Next::Http2(rbuf),
-        Err(NoHead::Refused(e)) => return refuse_head(io, &rbuf, ctx, e, started).await,
+        Err(NoHead::Refused(e)) => return refuse_head(io, &rbuf, ctx, e, started, timer).await,
     };
     rbuf.rewind_to(head.end as usize);
     let snap = ctx.state.load();
@@ -197,26 +205,21 @@ async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bo
         source_ip: ctx.client.addr.ip().to_canonical(),
         headers: &FieldView { data, fields: head.fields.all() },
     });
-    let new_id = head.request_id.is_none().then(crate::proxy::forward::new_request_id);
-    let mut log = RequestLog::start(
-        ctx,
-        &snap,
-        started,
-        &LogFields {
-            method: std::str::from_utf8(head.method(data)).unwrap_or(""),
-            host: authority,
-            path_and_query: std::str::from_utf8(head.target.of(data)).unwrap_or(""),
-            bytes_in: match head.body {
-                BodyLen::Length(n) => n,
-                _ => 0,
-            },
-            user_agent: head.user_agent.and_then(|u| std::str::from_utf8(u.of(data)).ok()),
-            request_id: match &new_id {
-                Some(id) => std::str::from_utf8(id).ok(),
-                None => head.request_id.and_then(|r| std::str::from_utf8(r.of(data)).ok()),
-            },
+    let new_id = head.request_id.is_none().then(|| crate::proxy::forward::new_request_id_at(started.into_std()));
+    let mut log = RequestLog::start(ctx, &snap, started.into_std(), || LogFields {
+        method: std::str::from_utf8(head.method(data)).unwrap_or(""),
+        host: authority,
+        path_and_query: std::str::from_utf8(head.target.of(data)).unwrap_or(""),
+        bytes_in: match head.body {
+            BodyLen::Length(n) => n,
+            _ => 0,
         },
-    );
+        user_agent: head.user_agent.and_then(|u| std::str::from_utf8(u.of(data)).ok()),
+        request_id: match &new_id {
+            Some(id) => std::str::from_utf8(id).ok(),
+            None => head.request_id.and_then(|r| std::str::from_utf8(r.of(data)).ok()),
+        },
+    });
     let rule = route.rule.map(|r| r.name.clone());
     log.with(|r| r.rule = rule);
     let too_large = listener.max_request_body.is_some_and(|max| matches!(head.body, BodyLen::Length(n) if n > max));
@@ -224,32 +227,31 @@ async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bo
         _ if too_large => {
             let a = Answer::error(&ProxyError::PayloadTooLarge, head.grpc);
             count_answer(&a, &listener.own_codes, None);
-            respond(io, &mut rbuf, &head, ctx, a, log).await
+            respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Fixed(f) => {
             let a = Answer::fixed(f);
             count_answer(&a, &f.codes, None);
-            respond(io, &mut rbuf, &head, ctx, a, log).await
+            respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Redirect(rd) => {
             let loc = redirect_location(rd, &ctx.client, &host, path, query);
             let a = Answer::redirect(rd.status, &loc);
             count_answer(&a, &rd.codes, None);
-            respond(io, &mut rbuf, &head, ctx, a, log).await
+            respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Forward(fw) => {
             let arm = fw.choose();
             log.with(|r| r.target_group = Some(arm.group.name.clone()));
             let id = new_id.as_ref().map(|id| &id[..]);
             match arm.group.settings.protocol {
-                UpstreamProtocol::Http1 => forward(io, &mut rbuf, &head, ctx, &snap, arm, id, log).await,
+                UpstreamProtocol::Http1 => forward(io, &mut rbuf, &head, ctx, listener, arm, id, log, timer).await,
                 UpstreamProtocol::Http2 => {
-                    crate::proxy::h2::forward_from_h1(io, &mut rbuf, &head, ctx, &snap, arm, id, log).await
+                    crate::proxy::h2::forward_from_h1(io, &mut rbuf, &head, ctx, listener, arm, id, log, timer).await
                 }
             }
         }
     };
-    listener.stats.request_duration.observe(started.elapsed());
     match next {
         Next::KeepAlive(_) => {
             rbuf.reset_if_empty();
@@ -260,7 +262,14 @@ async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bo
 }
 
 /// Answers a head that could not be read or was refused, and closes.
-async fn refuse_head<S: ClientIo>(io: &mut S, rbuf: &Buf, ctx: &ConnCtx, e: ProxyError, started: Instant) -> Next {
+async fn refuse_head<S: ClientIo>(
+    io: &mut S,
+    rbuf: &Buf,
+    ctx: &ConnCtx,
+    e: ProxyError,
+    started: Instant,
+    timer: &mut Timer<'_>,
+) -> Next {
     let snap = ctx.state.load();
     let listener = ctx.listener(&snap);
     let a = Answer::error(&e, false);
@@ -268,16 +277,18 @@ async fn refuse_head<S: ClientIo>(io: &mut S, rbuf: &Buf, ctx: &ConnCtx, e: Prox
     tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, client = %ctx.client.addr, reason = e.reason(), "request refused");
     // The log names what can be read of the request line.
     let (method, target) = request_line_guess(rbuf.filled());
-    let mut log = RequestLog::start(
-        ctx,
-        &snap,
-        started,
-        &LogFields { method, host: "", path_and_query: target, bytes_in: 0, user_agent: None, request_id: None },
-    );
+    let mut log = RequestLog::start(ctx, &snap, started.into_std(), || LogFields {
+        method,
+        host: "",
+        path_and_query: target,
+        bytes_in: 0,
+        user_agent: None,
+        request_id: None,
+    });
     let mut out = Vec::with_capacity(256);
     a.write_h1(&mut out, false, true);
-    log.head_sent(a.logged_status(), None);
-    let _ = hio::write_bytes(io, &out, ctx.server.idle_timeout).await;
+    log.head_sent(&listener.stats, a.logged_status(), None);
+    let _ = hio::write_bytes(io, &out, timer, ctx.server.idle_timeout).await;
     log.finish(a.reason);
     Next::Close { linger: true }
 }
@@ -321,13 +332,14 @@ pub(crate) async fn respond<S: ClientIo>(
     ctx: &ConnCtx,
     a: Answer,
     mut log: RequestLog,
+    timer: &mut Timer<'_>,
 ) -> Next {
     let read_all = skip_body(rbuf, head);
     let close = a.close || head.close || !read_all || ctx.closing();
     let mut out = Vec::with_capacity(128 + a.body.len());
     a.write_h1(&mut out, head.is_head(rbuf.data()), close);
-    log.head_sent(a.logged_status(), None);
-    let written = hio::write_bytes(io, &out, ctx.server.idle_timeout).await;
+    log.head_sent(&ctx.accepted_with.stats, a.logged_status(), None);
+    let written = hio::write_bytes(io, &out, timer, ctx.server.idle_timeout).await;
     log.add_bytes_out(a.body.len() as u64);
     log.finish(a.reason.or(written.is_err().then_some("client_closed")));
     if close || written.is_err() {
@@ -627,12 +639,12 @@ async fn forward<S: ClientIo>(
     rbuf: &mut Buf,
     head: &RequestHead,
     ctx: &ConnCtx,
-    snap: &Snapshot,
+    listener: &ListenerConfig,
     arm: &ForwardArm,
     request_id: Option<&[u8]>,
     mut log: RequestLog,
+    timer: &mut Timer<'_>,
 ) -> Next {
-    let listener = ctx.listener(snap);
     let settings = &arm.group.settings;
     let limits = client::Limits {
         max_head_bytes: ctx.server.max_header_bytes,
@@ -650,7 +662,7 @@ async fn forward<S: ClientIo>(
     };
     let mut attempts = client::Attempts::default();
     let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body);
-    let sent = client::send(arm, &mut out, &limits, &mut attempts).await;
+    let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, log.started()).await;
     log.with(|r| r.target = attempts.target);
     let answered = match sent {
         Ok(a) => a,
@@ -660,10 +672,10 @@ async fn forward<S: ClientIo>(
             count_answer(&a, &arm.codes, Some(arm));
             let kept = out.kept;
             drop(out);
-            return respond_after_forward(io, rbuf, head, ctx, a, log, kept).await;
+            return respond_after_forward(io, rbuf, head, ctx, a, log, kept, timer).await;
         }
     };
-    relay(out, answered, ctx, arm, &limits, &listener.stats, log).await
+    relay(out, answered, ctx, arm, &limits, &listener.stats, log, timer).await
 }
 
 /// Answers after a failed forward: the body may be partly consumed (then the connection closes).
@@ -676,16 +688,18 @@ async fn respond_after_forward<S: ClientIo>(
     a: Answer,
     log: RequestLog,
     kept: bool,
+    timer: &mut Timer<'_>,
 ) -> Next {
     if kept {
         rbuf.rewind_to(head.end as usize);
     }
     let mut a = a;
     a.close |= !kept;
-    respond(io, rbuf, head, ctx, a, log).await
+    respond(io, rbuf, head, ctx, a, log, timer).await
 }
 
 /// Relays the target's response (after interim ones) to the client.
+#[allow(clippy::too_many_arguments)]
 async fn relay<S: ClientIo>(
     mut out: H1Out<'_, S>,
     answered: Answered,
@@ -694,6 +708,7 @@ async fn relay<S: ClientIo>(
     limits: &client::Limits,
     stats: &ListenerStats,
     mut log: RequestLog,
+    timer: &mut Timer<'_>,
 ) -> Next {
     let Answered { target, guard, mut conn, mut tbuf, head: mut resp, mut sending, sent_at } = answered;
     let head = out.head;
@@ -702,14 +717,14 @@ async fn relay<S: ClientIo>(
     while resp.is_interim() {
         if resp.status == 101 {
             if head.upgrade && sending == Sending::Done {
-                return tunnel(out, conn, tbuf, resp, guard, ctx, log, sent_at, arm).await;
+                return tunnel(out, conn, tbuf, resp, guard, ctx, log, sent_at, arm, timer).await;
             }
-            return bad_response(out, ctx, arm, log, target.addr, "unsolicited_101").await;
+            return bad_response(out, ctx, arm, log, target.addr, "unsolicited_101", timer).await;
         }
         if head.version == Version::Http11 {
             let mut s = Slices::default();
             encode::interim_head(&mut s, tbuf.data(), &resp);
-            if hio::write_all(out.io, s.as_mut_slice(), idle).await.is_err() {
+            if hio::write_all(out.io, s.as_mut_slice(), timer, idle).await.is_err() {
                 log.finish(Some("client_closed"));
                 return Next::Close { linger: false };
             }
@@ -723,24 +738,31 @@ async fn relay<S: ClientIo>(
             limits.max_headers,
         ) {
             Ok(Some(h)) => h,
-            Err(why) => return bad_response(out, ctx, arm, log, target.addr, why).await,
-            Ok(None) => match client::next_head(&mut out, &mut sending, &mut conn.io, &mut tbuf, limits).await {
-                client::Got::Head(h) => h,
-                client::Got::TimedOut { waiting_for_client: false } => {
-                    return error_after_interim(out, ctx, arm, log, ProxyError::ResponseTimeout(target.addr)).await
+            Err(why) => return bad_response(out, ctx, arm, log, target.addr, why, timer).await,
+            Ok(None) => {
+                match client::next_head(&mut out, &mut sending, &mut conn.io, &mut tbuf, limits, timer, Instant::now())
+                    .await
+                {
+                    client::Got::Head(h) => h,
+                    client::Got::TimedOut { waiting_for_client: false } => {
+                        return error_after_interim(out, ctx, arm, log, ProxyError::ResponseTimeout(target.addr), timer)
+                            .await
+                    }
+                    client::Got::TimedOut { waiting_for_client: true } => {
+                        return error_after_interim(out, ctx, arm, log, ProxyError::RequestTimeout, timer).await
+                    }
+                    client::Got::Client(e) => return error_after_interim(out, ctx, arm, log, e, timer).await,
+                    client::Got::Bad(why) => return bad_response(out, ctx, arm, log, target.addr, why, timer).await,
+                    client::Got::Closed { .. } => {
+                        return error_after_interim(out, ctx, arm, log, ProxyError::TargetReset(target.addr), timer)
+                            .await
+                    }
                 }
-                client::Got::TimedOut { waiting_for_client: true } => {
-                    return error_after_interim(out, ctx, arm, log, ProxyError::RequestTimeout).await
-                }
-                client::Got::Client(e) => return error_after_interim(out, ctx, arm, log, e).await,
-                client::Got::Bad(why) => return bad_response(out, ctx, arm, log, target.addr, why).await,
-                client::Got::Closed { .. } => {
-                    return error_after_interim(out, ctx, arm, log, ProxyError::TargetReset(target.addr)).await
-                }
-            },
+            }
         };
     }
-    let took = sent_at.elapsed();
+    let head_at = Instant::now();
+    let took = head_at - sent_at;
     arm.target_response.observe(took);
     let data_head_request = head.is_head(out.rbuf.data());
     let body_len = resp.body_len(data_head_request);
@@ -754,7 +776,7 @@ async fn relay<S: ClientIo>(
         upgrade: false,
         head_chunked: data_head_request && resp.declared == BodyLen::Chunked && head.version == Version::Http11,
     };
-    log.head_sent(resp.status, Some(took));
+    log.head_sent_at(head_at.into_std(), stats, resp.status, Some(took));
     let ended = relay_body(
         out.io,
         &mut conn.io,
@@ -765,6 +787,7 @@ async fn relay<S: ClientIo>(
         idle,
         limits.response_timeout,
         &mut log,
+        timer,
     )
     .await;
     drop(guard);
@@ -772,12 +795,13 @@ async fn relay<S: ClientIo>(
         arm.codes.inc(resp.status);
     }
     match ended {
-        Ok(bytes) => {
+        Ok((bytes, read_more)) => {
             stats.processed_bytes.fetch_add(bytes + out.sent, Ordering::Relaxed);
             let reusable = request_done && !resp.close && body_len != BodyLen::Close && tbuf.is_empty();
             if reusable {
                 drop(tbuf);
-                upstream::checkin(target.id, conn);
+                // Idle since the body's end: the head's time when it came with the head.
+                upstream::checkin(target.id, conn, if read_more { Instant::now() } else { head_at });
             }
             log.finish(None);
             if close {
@@ -787,7 +811,7 @@ async fn relay<S: ClientIo>(
             }
         }
         // Nothing of the response went out yet: the client gets a 502 instead.
-        Err((why, false)) => bad_response(out, ctx, arm, log, target.addr, why).await,
+        Err((why, false)) => bad_response(out, ctx, arm, log, target.addr, why, timer).await,
         Err((why, true)) => {
             if why != "client_closed" {
                 tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, reason = why, "response cut short");
@@ -806,9 +830,10 @@ async fn bad_response<S: ClientIo>(
     log: RequestLog,
     addr: std::net::SocketAddr,
     why: &'static str,
+    timer: &mut Timer<'_>,
 ) -> Next {
     tracing::debug!(target: "pilotfish::proxy", %addr, reason = why, "malformed response from target");
-    error_after_interim(out, ctx, arm, log, ProxyError::BadResponse { addr, reason: why }).await
+    error_after_interim(out, ctx, arm, log, ProxyError::BadResponse { addr, reason: why }, timer).await
 }
 
 /// The balancer answers after the target failed (possibly after interim responses).
@@ -818,15 +843,16 @@ async fn error_after_interim<S: ClientIo>(
     arm: &ForwardArm,
     log: RequestLog,
     e: ProxyError,
+    timer: &mut Timer<'_>,
 ) -> Next {
     let a = Answer::error(&e, out.head.grpc);
     count_answer(&a, &arm.codes, Some(arm));
     let kept = out.kept;
     let H1Out { io, rbuf, head, .. } = out;
-    respond_after_forward(io, rbuf, head, ctx, a, log, kept).await
+    respond_after_forward(io, rbuf, head, ctx, a, log, kept, timer).await
 }
 
-const MAX_EVENTS: usize = 16;
+const MAX_EVENTS: usize = 8;
 
 /// The body pieces of one relay round: data ranges of the buffer (kind 0) or a trailer section
 /// (kind 1), with the chunk-size lines made for them.
@@ -877,9 +903,11 @@ async fn relay_body<W: AsyncWrite + Unpin>(
     client_idle: Duration,
     target_idle: Duration,
     log: &mut RequestLog,
-) -> Result<u64, (&'static str, bool)> {
+    timer: &mut Timer<'_>,
+) -> Result<(u64, bool), (&'static str, bool)> {
     let chunked = edits.framing == OutFraming::Chunked;
     let mut first = true;
+    let mut first_round = true;
     let mut total = 0u64;
     loop {
         // What is buffered: up to MAX_EVENTS pieces, their chunk-size lines made first.
@@ -925,9 +953,9 @@ async fn relay_body<W: AsyncWrite + Unpin>(
                 encode::response_head(&mut flat, data, resp, edits);
             }
             round.put(&mut flat);
-            hio::write_bytes(client, &flat, client_idle).await
+            hio::write_bytes(client, &flat, timer, client_idle).await
         } else if !s.is_empty() {
-            hio::write_all(client, s.as_mut_slice(), client_idle).await
+            hio::write_all(client, s.as_mut_slice(), timer, client_idle).await
         } else {
             Ok(())
         };
@@ -936,19 +964,21 @@ async fn relay_body<W: AsyncWrite + Unpin>(
         tbuf.rewind_to(pos);
         if end {
             log.add_bytes_out(total);
-            return Ok(total);
+            return Ok((total, !first_round));
         }
-        match client::read_more(target, tbuf, target_idle).await {
+        match client::read_more(target, tbuf, timer, target_idle).await {
             Ok(0) => {
                 dec.at_eof().map_err(|_| ("response_truncated", true))?;
                 // Close-delimited: the end of the stream is the end of the body.
                 if chunked {
-                    hio::write_bytes(client, b"0\r\n\r\n", client_idle).await.map_err(|_| ("client_closed", true))?;
+                    hio::write_bytes(client, b"0\r\n\r\n", timer, client_idle)
+                        .await
+                        .map_err(|_| ("client_closed", true))?;
                 }
                 log.add_bytes_out(total);
-                return Ok(total);
+                return Ok((total, true));
             }
-            Ok(_) => {}
+            Ok(_) => first_round = false,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(("target_read_timeout", true)),
             Err(_) => return Err(("response_truncated", true)),
         }
@@ -1014,12 +1044,14 @@ async fn tunnel<S: ClientIo>(
     mut log: RequestLog,
     sent_at: Instant,
     arm: &ForwardArm,
+    timer: &mut Timer<'_>,
 ) -> Next {
     let idle = ctx.server.idle_timeout;
-    let took = sent_at.elapsed();
+    let head_at = Instant::now();
+    let took = head_at - sent_at;
     arm.target_response.observe(took);
     arm.codes.inc(101);
-    log.head_sent(101, Some(took));
+    log.head_sent_at(head_at.into_std(), &ctx.accepted_with.stats, 101, Some(took));
     let H1Out { io, rbuf, .. } = out;
     // The 101 and whatever the target sent after it (already the new protocol).
     let edits = ResponseEdits {
@@ -1032,7 +1064,7 @@ async fn tunnel<S: ClientIo>(
     let mut s = Slices::default();
     encode::response_head(&mut s, tbuf.data(), &resp, &edits);
     encode::Sink::put(&mut s, &tbuf.data()[resp.end as usize..tbuf.end()]);
-    if hio::write_all(io, s.as_mut_slice(), idle).await.is_err() {
+    if hio::write_all(io, s.as_mut_slice(), timer, idle).await.is_err() {
         log.finish(Some("client_closed"));
         return Next::Close { linger: false };
     }
@@ -1042,7 +1074,6 @@ async fn tunnel<S: ClientIo>(
     let (mut up, mut down) = (0u64, 0u64);
     let (mut c2t, mut t2c) = (Dir::Open, Dir::Open);
     let mut last = Instant::now();
-    let mut timer = pin!(None::<Sleep>);
     let target = &mut conn.io;
     let ended = poll_fn(|cx| {
         let (u, d) = (up, down);
@@ -1053,19 +1084,10 @@ async fn tunnel<S: ClientIo>(
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(None),
             _ => {}
         }
-        let now = Instant::now();
         if (up, down) != (u, d) {
-            last = now;
+            last = Instant::now();
         }
-        let deadline = tokio::time::Instant::from_std(last + idle);
-        if timer.is_none() {
-            timer.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        let mut t = timer.as_mut().as_pin_mut().expect("set above");
-        if t.deadline() != deadline {
-            t.as_mut().reset(deadline);
-        }
-        if t.poll(cx).is_ready() {
+        if timer.poll_expired(cx, last + idle) {
             return Poll::Ready(Some("tunnel_idle_timeout"));
         }
         Poll::Pending
