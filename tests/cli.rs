@@ -28,6 +28,25 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn every_toml_example_in_the_readme_passes_check() {
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme.split("```toml\n").skip(1).map(|b| b.split("\n```").next().unwrap()).collect();
+    assert!(!blocks.is_empty(), "the README shows a configuration");
+    for (i, block) in blocks.iter().enumerate() {
+        let path = temp_file(&format!("readme-{i}"), block);
+        // The files the examples name, made here: certificates from a test CA, and the CA.
+        let certs = path.parent().unwrap().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let ca = common::tls::Ca::new("readme CA");
+        ca.issue(&["www.example.com"], &common::tls::ECDSA).write(&certs, "example");
+        ca.issue(&["*.example.com"], &common::tls::ECDSA).write(&certs, "wildcard");
+        std::fs::write(certs.join("internal-ca.pem"), &ca.pem).unwrap();
+        let (code, out, err) = check(&path);
+        assert_eq!(code, 0, "README example {i}:\n{out}{err}");
+    }
+}
+
+#[test]
 fn check_accepts_the_example_and_reports_every_error_with_line_and_column() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
     let (code, out, err) = check(&example);

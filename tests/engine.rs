@@ -422,3 +422,98 @@ async fn a_target_closing_idle_connections_costs_no_request() {
         tokio::time::sleep(Duration::from_millis(15 + i % 10)).await; // around the target's idle timeout, on purpose
     }
 }
+
+/// The body of a chunked message, de-chunked (panics on bad framing: the test fails).
+fn dechunk(mut b: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = b.split_once("\r\n").expect("a chunk-size line");
+        let n = usize::from_str_radix(size, 16).expect("a hex size");
+        if n == 0 {
+            assert_eq!(rest, "\r\n", "the chunked body ends cleanly");
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        b = rest[n..].strip_prefix("\r\n").expect("CRLF after the chunk");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_chunks_in_one_read_are_all_relayed_at_once() {
+    // 40 chunks in one write, then the target waits: everything buffered must reach the client
+    // without another read from the target (which would wait for response_timeout and cut).
+    let mut reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut want = String::new();
+    for i in 0..40 {
+        let piece = format!("piece{i:02};");
+        reply.extend_from_slice(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes());
+        want.push_str(&piece);
+    }
+    reply.extend_from_slice(b"0\r\n\r\n");
+    let target = Scripted::start(vec![Reply::raw(&reply, Then::KeepOpen)], false).await;
+    let lb = Lb::start(&config(target.addr, "response_timeout = \"2s\""));
+    let resp = exchange(lb.addr("web"), GET_CLOSE).await;
+    let (head, body) = resp.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(dechunk(body), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_with_its_head_reaches_the_target_whatever_the_heads_shape() {
+    // Dropped fields between kept ones make the forwarded head one more slice each, so some
+    // count of them fills the vectored write exactly: the body must still go out after it.
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, ""));
+    let mut s = TcpStream::connect(lb.addr("web")).await.unwrap();
+    // (At most 45 pairs: 3 + 2 x 45 fields stay under max_headers.)
+    for n in 0..=45 {
+        let mut req = format!("POST /up/{n} HTTP/1.1\r\nHost: a\r\nConnection: x-drop\r\nContent-Length: 11\r\n");
+        for i in 0..n {
+            req.push_str(&format!("X-Keep-{i}: v\r\nX-Drop: d\r\n"));
+        }
+        req.push_str("\r\nbody-of-11");
+        req.push('!');
+        s.write_all(req.as_bytes()).await.unwrap();
+        let resp = read_response(&mut s).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{n} pairs: {resp:?}");
+        let seen = target.last();
+        assert!(seen.starts_with(&format!("POST /up/{n} ")), "{seen:?}");
+        assert!(seen.ends_with("\r\n\r\nbody-of-11!") && !seen.contains("X-Drop"), "{n} pairs: {seen:?}");
+        assert_eq!(seen.matches("X-Keep-").count(), n, "{seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_timeout_counts_from_the_request_sent_not_from_a_slow_head_or_a_trickling_answer() {
+    // A client that takes longer than response_timeout to send its head still gets the answer.
+    let target = Scripted::start(Vec::new(), false).await;
+    let lb = Lb::start(&config(target.addr, "response_timeout = \"400ms\""));
+    // A pooled target connection, so the request goes out without a connect.
+    assert!(exchange(lb.addr("web"), GET_CLOSE).await.starts_with("HTTP/1.1 200"));
+    let mut s = TcpStream::connect(lb.addr("web")).await.unwrap();
+    for piece in [&b"GET /slow HTTP/1.1\r\n"[..], b"Host: a\r\n", b"X-A: 1\r\n", b"\r\n"] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the slow client under test
+    }
+    let resp = read_response(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    assert_eq!(target.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "the pooled connection was used");
+
+    // A target that trickles its head a byte at a time gets response_timeout in all.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut c, _)) = listener.accept().await else { return };
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf).await;
+        for &b in b"HTTP/1.1 200 OK\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".iter() {
+            if c.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // the trickling target under test
+        }
+    });
+    let lb = Lb::start(&config(addr, "response_timeout = \"400ms\""));
+    let resp = exchange(lb.addr("web"), GET_CLOSE).await;
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp:?}");
+}

@@ -309,6 +309,16 @@ targets = ["{0}"]
     assert_eq!(seen.version, Version::HTTP_2);
     assert_eq!(seen.uri, format!("http://{}/h2/x", lb.addr("web")));
     assert_eq!(&seen.body[..], b"payload");
+
+    // An upgrade cannot cross to HTTP/2: it is forwarded as a plain request.
+    let r = get_with(&client(), &lb.url("web", "/h2/ws"), &[("upgrade", "websocket"), ("connection", "upgrade")]).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let seen = be.last();
+    assert_eq!(
+        (seen.version, seen.uri.as_str()),
+        (Version::HTTP_2, format!("http://{}/h2/ws", lb.addr("web")).as_str())
+    );
+    assert!(seen.headers.get("upgrade").is_none() && seen.headers.get("connection").is_none(), "{:?}", seen.headers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -627,6 +627,8 @@ async fn client_frame<S: ClientIo>(
         }
         if rbuf.spare() < 1024 {
             rbuf.compact_to(floor);
+            // A head near the limit may leave little room: the body gets a read's worth.
+            rbuf.reserve(4096, floor + crate::proxy::h1::buf::BUF_SIZE);
         }
         match tokio::time::timeout(idle, rbuf.read_from(io)).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -683,7 +685,7 @@ pub async fn forward_from_h1<S: ClientIo>(
                     xff.extend_from_slice(b", ");
                 }
                 xff.extend_from_slice(f.value.of(data));
-            } else if !f.drop && f.kind != Kind::Host {
+            } else if !f.drop && f.kind != Kind::Host && f.kind != Kind::Upgrade {
                 map.append(
                     HeaderName::from_bytes(f.name.of(data)).ok()?,
                     HeaderValue::from_bytes(f.value.of(data)).ok()?,

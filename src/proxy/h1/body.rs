@@ -110,6 +110,10 @@ impl Decoder {
                                 }
                                 return Ok((used, Event::More));
                             };
+                            if lf > MAX_SIZE_LINE {
+                                // The same verdict as when the line arrives in pieces (above).
+                                return Err("chunk_size_line_too_long");
+                            }
                             let line = rest[..lf].strip_suffix(b"\r").ok_or("bare_lf_in_chunk_size_line")?;
                             let size = chunk_size_line(line)?;
                             used += lf + 1;
@@ -256,6 +260,7 @@ fn trailer_section(rest: &[u8]) -> Result<Option<usize>, BodyError> {
     }
     let mut fields = [httparse::EMPTY_HEADER; 32];
     match httparse::parse_headers(rest, &mut fields) {
+        Ok(httparse::Status::Complete((n, _))) if n > MAX_TRAILERS => Err("trailers_too_large"),
         Ok(httparse::Status::Complete((n, _))) => {
             let section = &rest[..n];
             let bare_lf = section.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || section[i - 1] != b'\r'));

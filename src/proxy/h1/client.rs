@@ -101,7 +101,9 @@ pub enum Got {
 }
 
 /// Reads the next response head from `target` while sending what is left of the body; the
-/// deadlines count from `since` (when the request was written) and from the last progress.
+/// deadlines count from `since` (when the request was written) and from the last progress of
+/// the body. Bytes of the head itself do not move them: a target trickling its head gets
+/// `response_timeout` in all, not per byte.
 pub async fn next_head<O: Outbound>(
     out: &mut O,
     sending: &mut Sending,
@@ -113,7 +115,7 @@ pub async fn next_head<O: Outbound>(
 ) -> Got {
     let mut last = since;
     poll_fn(|cx| loop {
-        let mut progressed = false;
+        let (mut progressed, mut body_moved) = (false, false);
         if tbuf.spare() == 0 {
             let start = tbuf.start();
             tbuf.compact_to(0);
@@ -138,19 +140,21 @@ pub async fn next_head<O: Outbound>(
                     if done {
                         *sending = Sending::Done;
                     }
-                    progressed = true;
+                    (progressed, body_moved) = (true, true);
                 }
                 Poll::Ready(Err(SendError::Target(_))) => {
                     // Keep reading: the target may have answered before it closed.
                     *sending = Sending::Aborted;
-                    progressed = true;
+                    (progressed, body_moved) = (true, true);
                 }
                 Poll::Ready(Err(SendError::Client(e))) => return Poll::Ready(Got::Client(e)),
                 Poll::Pending => {}
             }
         }
-        if progressed {
+        if body_moved {
             last = Instant::now();
+        }
+        if progressed {
             continue;
         }
         // Nothing moved: wait, within the deadline (re-armed lazily when progress moved it).
@@ -190,14 +194,15 @@ pub struct Attempts {
 const MAX_STALE: u32 = 3;
 
 /// Sends `out` to a target of `arm`'s group and reads the response head (the first one: it may
-/// be interim). Retries as the module docs say.
+/// be interim). Retries as the module docs say. `head_at`: when the request head was complete
+/// (the first attempt goes out then: no second clock read for it).
 pub async fn send<O: Outbound>(
     arm: &ForwardArm,
     out: &mut O,
     limits: &Limits,
     attempts: &mut Attempts,
     timer: &mut Timer<'_>,
-    started: Instant,
+    head_at: Instant,
 ) -> Result<Answered, ProxyError> {
     let group = &arm.group;
     let settings = &group.settings;
@@ -221,8 +226,7 @@ pub async fn send<O: Outbound>(
         attempts.count += 1;
         attempts.target = Some(target.addr);
         let guard = target.start_request();
-        // The first attempt goes out as the request is read: no second clock read for it.
-        let now = if attempts.count == 1 { started } else { Instant::now() };
+        let now = if attempts.count == 1 { head_at } else { Instant::now() };
         let pooled = if fresh_only { None } else { upstream::checkout(target.id, now) };
         let (mut conn, sent_at) = match pooled {
             Some(c) => (c, now),
@@ -323,6 +327,7 @@ pub async fn read_more(
     tbuf.reset_if_empty();
     if tbuf.spare() == 0 {
         tbuf.compact_to(0);
+        tbuf.reserve(1024, tbuf.len() + super::buf::BUF_SIZE);
     }
     let mut deadline = None;
     poll_fn(|cx| match tbuf.poll_read_from(target, cx) {

@@ -28,7 +28,7 @@ pub struct Slices<'a> {
 
 impl Default for Slices<'_> {
     fn default() -> Self {
-        Slices { slices: std::array::from_fn(|_| IoSlice::new(&[])), n: 0, overflowed: false }
+        Slices { slices: [IoSlice::new(&[]); MAX_SLICES], n: 0, overflowed: false }
     }
 }
 

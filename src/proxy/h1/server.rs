@@ -27,7 +27,7 @@ use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
 use super::body::{size_line, Decoder, Event};
-use super::buf::{poll_read_pooled, Buf};
+use super::buf::{self, poll_read_pooled, Buf};
 use super::client::{self, Answered, Outbound, SendError, Sending};
 use super::encode::{self, OutFraming, RequestAdditions, ResponseEdits, Slices};
 use super::io::{self as hio, ClientIo, Timer};
@@ -152,17 +152,19 @@ async fn read_head<S: ClientIo>(
     h2c: bool,
     timer: &mut Timer<'_>,
     started: Instant,
-) -> Result<RequestHead, NoHead> {
+) -> Result<(RequestHead, Instant), NoHead> {
     let s = &ctx.server;
     let limits =
         Limits { max_head_bytes: s.max_header_bytes, max_headers: s.max_headers, max_uri_bytes: s.max_uri_bytes };
     let deadline = started + s.header_read_timeout;
+    let mut reads = 0;
     loop {
         if h2c && rbuf.filled().starts_with(b"PRI ") {
             return Err(NoHead::Http2);
         }
         match parse::parse_request(rbuf.data(), rbuf.start(), rbuf.end(), &limits) {
-            Ok(Some(head)) => return Ok(head),
+            // When it came whole with the first read, the head is complete as of `started`.
+            Ok(Some(head)) => return Ok((head, if reads == 0 { started } else { Instant::now() })),
             Err(e) => return Err(NoHead::Refused(ProxyError::from_head(e))),
             Ok(None) => {}
         }
@@ -171,7 +173,7 @@ async fn read_head<S: ClientIo>(
             rbuf.reserve(4096, limits.max_head_bytes + 1);
         }
         match hio::within(timer, deadline, rbuf.read_from(io)).await {
-            Some(Ok(n)) if n > 0 => {}
+            Some(Ok(n)) if n > 0 => reads += 1,
             Some(_) => return Err(NoHead::Gone),
             None => return Err(NoHead::Refused(ProxyError::RequestTimeout)),
         }
@@ -182,7 +184,7 @@ async fn read_head<S: ClientIo>(
 async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bool, timer: &mut Timer<'_>) -> Next {
     let started = Instant::now();
     rbuf.compact_to(0);
-    let head = match read_head(io, &mut rbuf, ctx, h2c, timer, started).await {
+    let (head, head_at) = match read_head(io, &mut rbuf, ctx, h2c, timer, started).await {
         Ok(h) => h,
         Err(NoHead::Gone) => return Next::Close { linger: false },
         Err(NoHead::Http2) => return Next::Http2(rbuf),
@@ -245,7 +247,9 @@ async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bo
             log.with(|r| r.target_group = Some(arm.group.name.clone()));
             let id = new_id.as_ref().map(|id| &id[..]);
             match arm.group.settings.protocol {
-                UpstreamProtocol::Http1 => forward(io, &mut rbuf, &head, ctx, listener, arm, id, log, timer).await,
+                UpstreamProtocol::Http1 => {
+                    forward(io, &mut rbuf, &head, head_at, ctx, listener, arm, id, log, timer).await
+                }
                 UpstreamProtocol::Http2 => {
                     crate::proxy::h2::forward_from_h1(io, &mut rbuf, &head, ctx, listener, arm, id, log, timer).await
                 }
@@ -514,16 +518,16 @@ impl<S: ClientIo> Outbound for H1Out<'_, S> {
             } else {
                 let mut s = Slices::default();
                 encode::request_head(&mut s, data, self.head, &self.add);
-                let head_len = s.len();
+                encode::Sink::put(&mut s, &data[body.clone()]);
                 if s.overflowed() {
-                    let mut flat = Vec::with_capacity(head_len + 1024);
+                    // More pieces than one vectored write takes (the body's included): one copy.
+                    let mut flat = Vec::with_capacity(s.len() + 1024);
                     encode::request_head(&mut flat, data, self.head, &self.add);
                     flat.extend_from_slice(&data[body.clone()]);
                     self.flat = Some(flat);
                     continue;
                 }
-                encode::Sink::put(&mut s, &data[body.clone()]);
-                let total = head_len + body.len();
+                let total = s.len();
                 if self.written >= total {
                     break;
                 }
@@ -580,6 +584,8 @@ impl<S: ClientIo> Outbound for H1Out<'_, S> {
             // More client bytes are needed. Sent bytes are overwritten from here on.
             if self.rbuf.spare() < 1024 {
                 self.rbuf.compact_to(self.body_start());
+                // A head near the limit may leave little room: the body gets a read's worth.
+                self.rbuf.reserve(4096, self.body_start() + buf::BUF_SIZE);
                 self.kept = false;
             }
             let io = &mut *self.io;
@@ -638,6 +644,7 @@ async fn forward<S: ClientIo>(
     io: &mut S,
     rbuf: &mut Buf,
     head: &RequestHead,
+    head_at: Instant,
     ctx: &ConnCtx,
     listener: &ListenerConfig,
     arm: &ForwardArm,
@@ -662,7 +669,7 @@ async fn forward<S: ClientIo>(
     };
     let mut attempts = client::Attempts::default();
     let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body);
-    let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, log.started()).await;
+    let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, head_at).await;
     log.with(|r| r.target = attempts.target);
     let answered = match sent {
         Ok(a) => a,
@@ -698,6 +705,9 @@ async fn respond_after_forward<S: ClientIo>(
     respond(io, rbuf, head, ctx, a, log, timer).await
 }
 
+/// The most interim (1xx) responses relayed before a final one.
+const MAX_INTERIM: usize = 16;
+
 /// Relays the target's response (after interim ones) to the client.
 #[allow(clippy::too_many_arguments)]
 async fn relay<S: ClientIo>(
@@ -713,8 +723,14 @@ async fn relay<S: ClientIo>(
     let Answered { target, guard, mut conn, mut tbuf, head: mut resp, mut sending, sent_at } = answered;
     let head = out.head;
     let idle = ctx.server.idle_timeout;
-    // Interim responses: 100 and 103 go to HTTP/1.1 clients; 101 only to an upgrade.
+    // Interim responses: 100 and 103 go to HTTP/1.1 clients; 101 only to an upgrade. A target
+    // that keeps sending them never gets to a final answer: it is cut after MAX_INTERIM.
+    let mut interim = 0;
     while resp.is_interim() {
+        interim += 1;
+        if interim > MAX_INTERIM {
+            return bad_response(out, ctx, arm, log, target.addr, "too_many_interim_responses", timer).await;
+        }
         if resp.status == 101 {
             if head.upgrade && sending == Sending::Done {
                 return tunnel(out, conn, tbuf, resp, guard, ctx, log, sent_at, arm, timer).await;
@@ -724,7 +740,14 @@ async fn relay<S: ClientIo>(
         if head.version == Version::Http11 {
             let mut s = Slices::default();
             encode::interim_head(&mut s, tbuf.data(), &resp);
-            if hio::write_all(out.io, s.as_mut_slice(), timer, idle).await.is_err() {
+            let wrote = if s.overflowed() {
+                let mut flat = Vec::new();
+                encode::interim_head(&mut flat, tbuf.data(), &resp);
+                hio::write_bytes(out.io, &flat, timer, idle).await
+            } else {
+                hio::write_all(out.io, s.as_mut_slice(), timer, idle).await
+            };
+            if wrote.is_err() {
                 log.finish(Some("client_closed"));
                 return Next::Close { linger: false };
             }
@@ -966,6 +989,11 @@ async fn relay_body<W: AsyncWrite + Unpin>(
             log.add_bytes_out(total);
             return Ok((total, !first_round));
         }
+        if n == MAX_EVENTS {
+            // The round was full: more may be buffered already. Relay it before reading.
+            first_round = false;
+            continue;
+        }
         match client::read_more(target, tbuf, timer, target_idle).await {
             Ok(0) => {
                 dec.at_eof().map_err(|_| ("response_truncated", true))?;
@@ -1062,9 +1090,18 @@ async fn tunnel<S: ClientIo>(
         head_chunked: false,
     };
     let mut s = Slices::default();
+    let after = &tbuf.data()[resp.end as usize..tbuf.end()];
     encode::response_head(&mut s, tbuf.data(), &resp, &edits);
-    encode::Sink::put(&mut s, &tbuf.data()[resp.end as usize..tbuf.end()]);
-    if hio::write_all(io, s.as_mut_slice(), timer, idle).await.is_err() {
+    encode::Sink::put(&mut s, after);
+    let wrote = if s.overflowed() {
+        let mut flat = Vec::new();
+        encode::response_head(&mut flat, tbuf.data(), &resp, &edits);
+        flat.extend_from_slice(after);
+        hio::write_bytes(io, &flat, timer, idle).await
+    } else {
+        hio::write_all(io, s.as_mut_slice(), timer, idle).await
+    };
+    if wrote.is_err() {
         log.finish(Some("client_closed"));
         return Next::Close { linger: false };
     }
