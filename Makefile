@@ -1,7 +1,7 @@
 # pilotfish: `make test` runs every test; `make lint` is what CI checks; `make bench` measures.
 CARGO ?= cargo
 PYTHON ?= python3
-# The AWS emulator the discovery tests start (moto 5.2.x; see ../shared/DESIGN.md).
+# The AWS emulator the discovery tests start (moto 5.2.x).
 VENV ?= .venv
 MOTO := $(VENV)/bin/moto_server
 
