@@ -517,3 +517,119 @@ async fn response_timeout_counts_from_the_request_sent_not_from_a_slow_head_or_a
     let resp = exchange(lb.addr("web"), GET_CLOSE).await;
     assert!(resp.starts_with("HTTP/1.1 504"), "{resp:?}");
 }
+
+/// Reads from `s` into `got` until `done(got)` (bounded by 5 s: the test then fails on `got`).
+async fn read_until(s: &mut TcpStream, got: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
+    let read = async {
+        while !done(got) {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+}
+
+/// A target that sends its response head as soon as a request head is in, then echoes each body
+/// byte as it arrives (a 10-byte `Content-Length` body), as chunks: full duplex, as streaming
+/// services do.
+async fn echo_target() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let head_end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                assert!(String::from_utf8_lossy(&buf[..head_end])
+                    .to_ascii_lowercase()
+                    .contains("content-length: 10\r\n"));
+                let mut left = 10usize;
+                if c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.is_err() {
+                    return;
+                }
+                let mut body = buf[head_end..].to_vec();
+                loop {
+                    if !body.is_empty() {
+                        left -= body.len();
+                        let chunk = format!("{:x}\r\n{}\r\n", body.len(), String::from_utf8_lossy(&body));
+                        if c.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        body.clear();
+                    }
+                    if left == 0 {
+                        let _ = c.write_all(b"0\r\n\r\n").await;
+                        break;
+                    }
+                    let mut chunk = [0u8; 4096];
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let mut rest = [0u8; 16];
+                let _ = c.read(&mut rest).await; // stay until pilotfish is done with the connection
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_answers_first_and_reads_the_body_after_gets_all_of_it() {
+    let lb = Lb::start(&config(echo_target().await, "response_timeout = \"5s\""));
+    let mut s = TcpStream::connect(lb.addr("web")).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello").await.unwrap();
+    // The first half comes back before the second is sent: the target answered, then read on.
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, |g| String::from_utf8_lossy(g).contains("\r\nhello\r\n")).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("\r\nhello\r\n"), "{text:?}");
+    s.write_all(b"world").await.unwrap();
+    read_until(&mut s, &mut got, |g| g.ends_with(b"\r\n0\r\n\r\n")).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let (_, body) = text.split_once("\r\n\r\n").unwrap();
+    assert_eq!(dechunk(body), "helloworld", "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_client_streams_to_a_target_that_answers_first() {
+    use http_body_util::BodyExt;
+    let lb = Lb::start(&config(echo_target().await, "response_timeout = \"5s\""));
+    let tcp = TcpStream::connect(lb.addr("web")).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>>(4);
+    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) }));
+    let req = http::Request::post(format!("http://{}/echo", lb.addr("web")))
+        .header("content-length", "10")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"hello")))).await.unwrap();
+    let within = Duration::from_secs(5);
+    let resp = tokio::time::timeout(within, sender.send_request(req)).await.expect("a response head").unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(within, body.frame()).await.expect("the first echo").unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "hello", "echoed before the rest was sent");
+    tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(b"world")))).await.unwrap();
+    drop(tx);
+    let rest = tokio::time::timeout(within, body.collect()).await.expect("the rest");
+    let rest = rest.unwrap_or_else(|e| panic!("{e:?} {:?}", lb.log.lines())).to_bytes();
+    assert_eq!(rest, "world");
+}

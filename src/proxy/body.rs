@@ -19,6 +19,7 @@ use tokio::time::Sleep;
 
 use super::h1::body::{Decoder, Event};
 use super::h1::buf::Buf;
+use super::h1::client::Outbound;
 use super::service::RequestLog;
 use super::upstream::{self, Conn};
 use crate::balance::InFlightGuard;
@@ -52,10 +53,15 @@ pub struct H1Source {
     reusable: bool,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// What is left of the request body when the target answered before it was all sent: it
+    /// keeps going to the target while the response is read (full duplex).
+    rest: Option<Box<dyn Outbound + Send>>,
 }
 
 impl H1Source {
-    /// The body after the head: `tbuf` holds what was read past the head.
+    /// The body after the head: `tbuf` holds what was read past the head; `rest`, the request
+    /// body still to send.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: Conn,
         tbuf: Buf,
@@ -64,15 +70,32 @@ impl H1Source {
         guard: InFlightGuard,
         reusable: bool,
         idle: Duration,
+        rest: Option<Box<dyn Outbound + Send>>,
     ) -> Self {
-        H1Source { conn: Some(conn), tbuf, dec, target, guard: Some(guard), reusable, idle, timer: None }
+        H1Source { conn: Some(conn), tbuf, dec, target, guard: Some(guard), reusable, idle, timer: None, rest }
+    }
+
+    /// Sends what the client has of the rest of the request body, as far as it goes without
+    /// waiting. A target that stops taking it, or a body that breaks off, only ends this (the
+    /// connection is then not reused).
+    fn pump(&mut self, cx: &mut Context<'_>) {
+        let (Some(out), Some(conn)) = (self.rest.as_mut(), self.conn.as_mut()) else { return };
+        match out.poll_body(cx, &mut conn.io) {
+            Poll::Ready(Ok(true)) => self.rest = None,
+            Poll::Ready(Ok(false)) | Poll::Pending => {}
+            Poll::Ready(Err(_)) => {
+                self.rest = None;
+                self.reusable = false;
+            }
+        }
     }
 
     /// The body ended cleanly: the connection goes back to the pool when nothing is left over.
     fn finish(&mut self) {
         self.guard = None;
         if let Some(conn) = self.conn.take() {
-            if self.reusable && self.tbuf.is_empty() {
+            // A request body not sent to its end leaves the connection mid-message.
+            if self.reusable && self.rest.is_none() && self.tbuf.is_empty() {
                 upstream::checkin(self.target, conn, tokio::time::Instant::now());
             }
         }
@@ -109,12 +132,14 @@ impl H1Source {
                     self.finish();
                     return Poll::Ready(None);
                 }
-                Event::More => {}
+                // Framing decided so far (a chunk's CRLF) is consumed even when no data follows.
+                Event::More => self.tbuf.consume(used),
             }
             self.tbuf.reset_if_empty();
             if self.tbuf.spare() == 0 {
                 self.tbuf.compact_to(0);
             }
+            self.pump(cx);
             let conn = self.conn.as_mut().expect("checked above");
             match self.tbuf.poll_read_from(&mut conn.io, cx) {
                 Poll::Ready(Ok(0)) => match self.dec.at_eof() {

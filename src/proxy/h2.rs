@@ -580,10 +580,13 @@ async fn to_h1_target(
         }
     }
     let body_len = head.body_len(head_request);
-    let reusable = sending == Sending::Done && !head.close && body_len != BodyLen::Close;
+    let reusable = sending != Sending::Aborted && !head.close && body_len != BodyLen::Close;
+    // A target that answered before it had the whole body gets the rest while it responds.
+    let rest = (sending == Sending::Body).then(|| Box::new(out) as Box<dyn Outbound + Send>);
     tbuf.rewind_to(head.end as usize);
     let (parts, ()) = resp.into_parts();
-    let body = H1Source::new(conn, tbuf, Decoder::new(body_len), target.id, guard, reusable, settings.response_timeout);
+    let body =
+        H1Source::new(conn, tbuf, Decoder::new(body_len), target.id, guard, reusable, settings.response_timeout, rest);
     Ok(Response::from_parts(parts, RespBody::h1(body)))
 }
 

@@ -316,6 +316,15 @@ pub fn is_idempotent(method: &[u8]) -> bool {
     matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE")
 }
 
+/// Room to read more response bytes into (the bytes before `start` are no longer needed).
+pub fn make_room(tbuf: &mut Buf) {
+    tbuf.reset_if_empty();
+    if tbuf.spare() == 0 {
+        tbuf.compact_to(0);
+        tbuf.reserve(1024, tbuf.len() + super::buf::BUF_SIZE);
+    }
+}
+
 /// Reads more of a response from `target` into `tbuf` (0 at EOF), failing when the target is
 /// silent for `idle` (the clock is read only if the read has to wait).
 pub async fn read_more(
@@ -324,11 +333,7 @@ pub async fn read_more(
     timer: &mut Timer<'_>,
     idle: Duration,
 ) -> io::Result<usize> {
-    tbuf.reset_if_empty();
-    if tbuf.spare() == 0 {
-        tbuf.compact_to(0);
-        tbuf.reserve(1024, tbuf.len() + super::buf::BUF_SIZE);
-    }
+    make_room(tbuf);
     let mut deadline = None;
     poll_fn(|cx| match tbuf.poll_read_from(target, cx) {
         Poll::Ready(r) => Poll::Ready(r),

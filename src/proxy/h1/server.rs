@@ -801,7 +801,8 @@ async fn relay<S: ClientIo>(
     };
     log.head_sent_at(head_at.into_std(), stats, resp.status, Some(took));
     let ended = relay_body(
-        out.io,
+        &mut out,
+        &mut sending,
         &mut conn.io,
         &mut tbuf,
         &resp,
@@ -820,6 +821,8 @@ async fn relay<S: ClientIo>(
     match ended {
         Ok((bytes, read_more)) => {
             stats.processed_bytes.fetch_add(bytes + out.sent, Ordering::Relaxed);
+            // The body may have been finished while the response was relayed.
+            let request_done = sending == Sending::Done;
             let reusable = request_done && !resp.close && body_len != BodyLen::Close && tbuf.is_empty();
             if reusable {
                 drop(tbuf);
@@ -915,9 +918,14 @@ impl<'a> Round<'a> {
 /// body bytes relayed, or why it was cut and whether the head had gone out (the client
 /// connection then closes without a valid end of message, so the client never takes a cut body
 /// for a complete one; if nothing went out, the caller answers 502).
+///
+/// A target may answer before it has read the whole request body and go on reading it (an
+/// echo, a streaming service): while the response is relayed, what is left of the body keeps
+/// going to the target ([`pump`]). A target that does not read it any more only stops that.
 #[allow(clippy::too_many_arguments)]
-async fn relay_body<W: AsyncWrite + Unpin>(
-    client: &mut W,
+async fn relay_body<S: ClientIo>(
+    out: &mut H1Out<'_, S>,
+    sending: &mut Sending,
     target: &mut Stream,
     tbuf: &mut Buf,
     resp: &parse::ResponseHead,
@@ -976,9 +984,9 @@ async fn relay_body<W: AsyncWrite + Unpin>(
                 encode::response_head(&mut flat, data, resp, edits);
             }
             round.put(&mut flat);
-            hio::write_bytes(client, &flat, timer, client_idle).await
+            write_pumping(out, sending, target, &mut [IoSlice::new(&flat)], timer, client_idle).await
         } else if !s.is_empty() {
-            hio::write_all(client, s.as_mut_slice(), timer, client_idle).await
+            write_pumping(out, sending, target, s.as_mut_slice(), timer, client_idle).await
         } else {
             Ok(())
         };
@@ -994,12 +1002,12 @@ async fn relay_body<W: AsyncWrite + Unpin>(
             first_round = false;
             continue;
         }
-        match client::read_more(target, tbuf, timer, target_idle).await {
+        match read_pumping(out, sending, target, tbuf, timer, target_idle).await {
             Ok(0) => {
                 dec.at_eof().map_err(|_| ("response_truncated", true))?;
                 // Close-delimited: the end of the stream is the end of the body.
                 if chunked {
-                    hio::write_bytes(client, b"0\r\n\r\n", timer, client_idle)
+                    write_pumping(out, sending, target, &mut [IoSlice::new(b"0\r\n\r\n")], timer, client_idle)
                         .await
                         .map_err(|_| ("client_closed", true))?;
                 }
@@ -1011,6 +1019,95 @@ async fn relay_body<W: AsyncWrite + Unpin>(
             Err(_) => return Err(("response_truncated", true)),
         }
     }
+}
+
+/// Sends what the client has of the request body to the target, as far as both go without
+/// waiting (the task is woken when either can go on). The response is what matters now: a
+/// target that stops taking the body, or a client whose body breaks off, only ends this.
+fn pump<S: ClientIo>(cx: &mut Context<'_>, out: &mut H1Out<'_, S>, sending: &mut Sending, target: &mut Stream) {
+    while *sending == Sending::Body {
+        match out.poll_body(cx, target) {
+            Poll::Ready(Ok(true)) => *sending = Sending::Done,
+            Poll::Ready(Ok(false)) | Poll::Pending => return,
+            Poll::Ready(Err(_)) => *sending = Sending::Aborted,
+        }
+    }
+}
+
+/// [`hio::write_all`] to the client, pumping the request body meanwhile.
+async fn write_pumping<S: ClientIo>(
+    out: &mut H1Out<'_, S>,
+    sending: &mut Sending,
+    target: &mut Stream,
+    mut slices: &mut [IoSlice<'_>],
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> std::io::Result<()> {
+    if *sending != Sending::Body {
+        return hio::write_all(out.io, slices, timer, idle).await;
+    }
+    let mut deadline: Option<Instant> = None;
+    poll_fn(|cx| loop {
+        pump(cx, out, sending, target);
+        let r = if slices.is_empty() {
+            match Pin::new(&mut *out.io).poll_flush(cx) {
+                Poll::Ready(r) => return Poll::Ready(r),
+                Poll::Pending => None,
+            }
+        } else {
+            match Pin::new(&mut *out.io).poll_write_vectored(cx, slices) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => Some(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => None,
+            }
+        };
+        match r {
+            Some(n) => {
+                IoSlice::advance_slices(&mut slices, n);
+                deadline = None;
+            }
+            None => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
+                if timer.poll_expired(cx, d) {
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+                return Poll::Pending;
+            }
+        }
+    })
+    .await
+}
+
+/// [`client::read_more`] from the target, pumping the request body meanwhile.
+async fn read_pumping<S: ClientIo>(
+    out: &mut H1Out<'_, S>,
+    sending: &mut Sending,
+    target: &mut Stream,
+    tbuf: &mut Buf,
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> std::io::Result<usize> {
+    if *sending != Sending::Body {
+        return client::read_more(target, tbuf, timer, idle).await;
+    }
+    client::make_room(tbuf);
+    let mut deadline = None;
+    poll_fn(|cx| {
+        pump(cx, out, sending, target);
+        match tbuf.poll_read_from(target, cx) {
+            Poll::Ready(r) => Poll::Ready(r),
+            Poll::Pending => {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
+                if timer.poll_expired(cx, d) {
+                    Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    })
+    .await
 }
 
 /// How one direction of a tunnel stands.
