@@ -602,6 +602,20 @@ async fn a_target_that_answers_first_and_reads_the_body_after_gets_all_of_it() {
     let text = String::from_utf8_lossy(&got).into_owned();
     let (_, body) = text.split_once("\r\n\r\n").unwrap();
     assert_eq!(dechunk(body), "helloworld", "{text:?}");
+
+    // A client whose body breaks off meanwhile ends the exchange: the target would wait for the
+    // rest for ever (the response is cut, and logged as the client's doing).
+    let mut s = TcpStream::connect(lb.addr("web")).await.unwrap();
+    s.write_all(b"POST /broken HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhello").await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, |g| String::from_utf8_lossy(g).contains("\r\nhello\r\n")).await;
+    s.shutdown().await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(!text.contains("\r\n0\r\n\r\n"), "a cut response never looks complete: {text:?}");
+    let logged = |l: &serde_json::Value| {
+        l["path"] == "/broken" && l["error"] == "request_body_incomplete" && l["bytes_out"] == 5
+    };
+    assert!(eventually(Duration::from_secs(3), || lb.log.lines().iter().any(logged)).await, "{:?}", lb.log.lines());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use tokio::time::Sleep;
 
 use super::h1::body::{Decoder, Event};
 use super::h1::buf::Buf;
-use super::h1::client::Outbound;
+use super::h1::client::{Outbound, SendError};
 use super::service::RequestLog;
 use super::upstream::{self, Conn};
 use crate::balance::InFlightGuard;
@@ -76,18 +76,31 @@ impl H1Source {
     }
 
     /// Sends what the client has of the rest of the request body, as far as it goes without
-    /// waiting. A target that stops taking it, or a body that breaks off, only ends this (the
-    /// connection is then not reused).
-    fn pump(&mut self, cx: &mut Context<'_>) {
-        let (Some(out), Some(conn)) = (self.rest.as_mut(), self.conn.as_mut()) else { return };
-        match out.poll_body(cx, &mut conn.io) {
-            Poll::Ready(Ok(true)) => self.rest = None,
-            Poll::Ready(Ok(false)) | Poll::Pending => {}
-            Poll::Ready(Err(_)) => {
+    /// waiting. A target that stops taking it only ends this (the connection is then not
+    /// reused); a body that breaks off on the client's side is an error: the target would wait
+    /// for the rest for ever.
+    fn pump(&mut self, cx: &mut Context<'_>) -> Result<(), &'static str> {
+        let (Some(out), Some(conn)) = (self.rest.as_mut(), self.conn.as_mut()) else { return Ok(()) };
+        let moved = match out.poll_body(cx, &mut conn.io) {
+            Poll::Ready(Ok(done)) => {
+                if done {
+                    self.rest = None;
+                }
+                true
+            }
+            Poll::Pending => false,
+            Poll::Ready(Err(SendError::Target(_))) => {
                 self.rest = None;
                 self.reusable = false;
+                false
             }
+            Poll::Ready(Err(SendError::Client(_))) => return Err("request_body_incomplete"),
+        };
+        if moved {
+            // The target is reading what it is sent: it has not gone silent.
+            self.timer = None;
         }
+        Ok(())
     }
 
     /// The body ended cleanly: the connection goes back to the pool when nothing is left over.
@@ -139,7 +152,9 @@ impl H1Source {
             if self.tbuf.spare() == 0 {
                 self.tbuf.compact_to(0);
             }
-            self.pump(cx);
+            if let Err(why) = self.pump(cx) {
+                return Poll::Ready(Some(Err(self.fail(why))));
+            }
             let conn = self.conn.as_mut().expect("checked above");
             match self.tbuf.poll_read_from(&mut conn.io, cx) {
                 Poll::Ready(Ok(0)) => match self.dec.at_eof() {

@@ -822,8 +822,8 @@ async fn relay<S: ClientIo>(
         Ok((bytes, read_more)) => {
             stats.processed_bytes.fetch_add(bytes + out.sent, Ordering::Relaxed);
             // The body may have been finished while the response was relayed.
-            let request_done = sending == Sending::Done;
-            let reusable = request_done && !resp.close && body_len != BodyLen::Close && tbuf.is_empty();
+            let body_sent = sending == Sending::Done;
+            let reusable = body_sent && !resp.close && body_len != BodyLen::Close && tbuf.is_empty();
             if reusable {
                 drop(tbuf);
                 // Idle since the body's end: the head's time when it came with the head.
@@ -831,6 +831,7 @@ async fn relay<S: ClientIo>(
             }
             log.finish(None);
             if close {
+                // Unfinished at the head, the client may have sent more than was read: linger.
                 Next::Close { linger: !request_done }
             } else {
                 Next::KeepAlive(None)
@@ -939,7 +940,9 @@ async fn relay_body<S: ClientIo>(
     let chunked = edits.framing == OutFraming::Chunked;
     let mut first = true;
     let mut first_round = true;
-    let mut total = 0u64;
+    // Body bytes relayed so far; `logged` of them are in the access log's bytes_out already
+    // (counted as each round goes out, so a cut response logs what the client got).
+    let (mut total, mut logged) = (0u64, 0u64);
     loop {
         // What is buffered: up to MAX_EVENTS pieces, their chunk-size lines made first.
         let mut events: [(u8, usize, usize); MAX_EVENTS] = [(0, 0, 0); MAX_EVENTS];
@@ -990,11 +993,12 @@ async fn relay_body<S: ClientIo>(
         } else {
             Ok(())
         };
-        written.map_err(|_| ("client_closed", true))?;
+        written.map_err(|e| (cut_reason(&e, "client_closed"), true))?;
+        log.add_bytes_out(total - logged);
+        logged = total;
         first = false;
         tbuf.rewind_to(pos);
         if end {
-            log.add_bytes_out(total);
             return Ok((total, !first_round));
         }
         if n == MAX_EVENTS {
@@ -1009,29 +1013,72 @@ async fn relay_body<S: ClientIo>(
                 if chunked {
                     write_pumping(out, sending, target, &mut [IoSlice::new(b"0\r\n\r\n")], timer, client_idle)
                         .await
-                        .map_err(|_| ("client_closed", true))?;
+                        .map_err(|e| (cut_reason(&e, "client_closed"), true))?;
                 }
-                log.add_bytes_out(total);
                 return Ok((total, true));
             }
             Ok(_) => first_round = false,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(("target_read_timeout", true)),
-            Err(_) => return Err(("response_truncated", true)),
+            Err(e) => return Err((cut_reason(&e, "response_truncated"), true)),
         }
     }
 }
 
+/// The request body broke off on the client's side while the response was relayed (a bad
+/// chunk, more than `max_request_body`, the client gone): the target would wait for the rest
+/// for ever, so the exchange ends (the response is cut, the target connection closed).
+#[derive(Debug)]
+struct BodyBroke;
+
+impl std::fmt::Display for BodyBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body broke off")
+    }
+}
+
+impl std::error::Error for BodyBroke {}
+
+/// The log's reason for a relay cut by `e`: `otherwise`, unless the request body broke.
+fn cut_reason(e: &std::io::Error, otherwise: &'static str) -> &'static str {
+    if e.get_ref().is_some_and(|r| r.is::<BodyBroke>()) {
+        "request_body_incomplete"
+    } else {
+        otherwise
+    }
+}
+
+/// What [`pump`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pumped {
+    Idle,
+    Moved,
+    ClientBroke,
+}
+
 /// Sends what the client has of the request body to the target, as far as both go without
-/// waiting (the task is woken when either can go on). The response is what matters now: a
-/// target that stops taking the body, or a client whose body breaks off, only ends this.
-fn pump<S: ClientIo>(cx: &mut Context<'_>, out: &mut H1Out<'_, S>, sending: &mut Sending, target: &mut Stream) {
+/// waiting (the task is woken when either can go on). A target that stops taking the body only
+/// ends this (the connection is then not reused); a body that breaks off on the client's side
+/// ends the exchange ([`BodyBroke`]).
+fn pump<S: ClientIo>(
+    cx: &mut Context<'_>,
+    out: &mut H1Out<'_, S>,
+    sending: &mut Sending,
+    target: &mut Stream,
+) -> Pumped {
+    let mut moved = Pumped::Idle;
     while *sending == Sending::Body {
         match out.poll_body(cx, target) {
-            Poll::Ready(Ok(true)) => *sending = Sending::Done,
-            Poll::Ready(Ok(false)) | Poll::Pending => return,
-            Poll::Ready(Err(_)) => *sending = Sending::Aborted,
+            Poll::Ready(Ok(true)) => (*sending, moved) = (Sending::Done, Pumped::Moved),
+            Poll::Ready(Ok(false)) => return Pumped::Moved,
+            Poll::Pending => break,
+            Poll::Ready(Err(SendError::Target(_))) => *sending = Sending::Aborted,
+            Poll::Ready(Err(SendError::Client(_))) => {
+                *sending = Sending::Aborted;
+                return Pumped::ClientBroke;
+            }
         }
     }
+    moved
 }
 
 /// [`hio::write_all`] to the client, pumping the request body meanwhile.
@@ -1048,7 +1095,9 @@ async fn write_pumping<S: ClientIo>(
     }
     let mut deadline: Option<Instant> = None;
     poll_fn(|cx| loop {
-        pump(cx, out, sending, target);
+        if pump(cx, out, sending, target) == Pumped::ClientBroke {
+            return Poll::Ready(Err(std::io::Error::other(BodyBroke)));
+        }
         let r = if slices.is_empty() {
             match Pin::new(&mut *out.io).poll_flush(cx) {
                 Poll::Ready(r) => return Poll::Ready(r),
@@ -1094,7 +1143,12 @@ async fn read_pumping<S: ClientIo>(
     client::make_room(tbuf);
     let mut deadline = None;
     poll_fn(|cx| {
-        pump(cx, out, sending, target);
+        match pump(cx, out, sending, target) {
+            Pumped::ClientBroke => return Poll::Ready(Err(std::io::Error::other(BodyBroke))),
+            // The target is reading what it is sent: it has not gone silent.
+            Pumped::Moved => deadline = None,
+            Pumped::Idle => {}
+        }
         match tbuf.poll_read_from(target, cx) {
             Poll::Ready(r) => Poll::Ready(r),
             Poll::Pending => {
