@@ -335,7 +335,19 @@ pub async fn read_more(
 ) -> io::Result<usize> {
     make_room(tbuf);
     let mut deadline = None;
-    poll_fn(|cx| match tbuf.poll_read_from(target, cx) {
+    poll_fn(|cx| poll_read_more(cx, target, tbuf, &mut deadline, timer, idle)).await
+}
+
+/// One poll of [`read_more`] (after [`make_room`]); `deadline` is kept between polls.
+pub fn poll_read_more(
+    cx: &mut Context<'_>,
+    target: &mut Stream,
+    tbuf: &mut Buf,
+    deadline: &mut Option<Instant>,
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> Poll<io::Result<usize>> {
+    match tbuf.poll_read_from(target, cx) {
         Poll::Ready(r) => Poll::Ready(r),
         Poll::Pending => {
             let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
@@ -345,8 +357,7 @@ pub async fn read_more(
                 Poll::Pending
             }
         }
-    })
-    .await
+    }
 }
 
 /// Flushes `w` (TLS keeps what it encrypted until flushed).

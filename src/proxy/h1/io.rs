@@ -83,8 +83,21 @@ pub async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
     timer: &mut Timer<'_>,
     idle: Duration,
 ) -> io::Result<()> {
-    let mut deadline: Option<Instant> = None;
-    poll_fn(|cx| loop {
+    let mut deadline = None;
+    poll_fn(|cx| poll_write_all(cx, w, &mut slices, &mut deadline, timer, idle)).await
+}
+
+/// One poll of [`write_all`]: writes as far as `w` takes, advancing `slices`; `deadline` is the
+/// state kept between polls (when the peer last stopped taking bytes, plus `idle`).
+pub fn poll_write_all<W: AsyncWrite + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    w: &mut W,
+    slices: &mut &mut [IoSlice<'_>],
+    deadline: &mut Option<Instant>,
+    timer: &mut Timer<'_>,
+    idle: Duration,
+) -> Poll<io::Result<()>> {
+    loop {
         let r = if slices.is_empty() {
             match Pin::new(&mut *w).poll_flush(cx) {
                 Poll::Ready(r) => return Poll::Ready(r),
@@ -100,8 +113,8 @@ pub async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
         };
         match r {
             Some(n) => {
-                IoSlice::advance_slices(&mut slices, n);
-                deadline = None;
+                IoSlice::advance_slices(slices, n);
+                *deadline = None;
             }
             None => {
                 let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
@@ -111,8 +124,7 @@ pub async fn write_all<W: AsyncWrite + Unpin + ?Sized>(
                 return Poll::Pending;
             }
         }
-    })
-    .await
+    }
 }
 
 /// Writes one buffer (see [`write_all`]).

@@ -18,6 +18,8 @@
 //!   written: an idle connection holds none;
 //! - **strict responses**: a malformed or ambiguous response from a target never reaches a
 //!   client, and a connection with bytes no request asked for is never reused;
+//! - **full duplex**: a target may answer before it has the whole request body; the rest keeps
+//!   going to it while the response is relayed;
 //! - **upgrades** (WebSocket) become a byte tunnel after the target's 101.
 
 pub mod body;

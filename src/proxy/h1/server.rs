@@ -4,11 +4,14 @@
 //! arrive it takes one, reads the head (bounded by `header_read_timeout` from its first byte:
 //! 408), parses it once ([`super::parse`]), routes it, and answers or forwards it. Requests on a
 //! connection are answered in order: the next head is read only after the previous response
-//! ended (pipelined bytes wait in the buffer). The connection closes after a response when the
-//! client asked (`Connection: close`, HTTP/1.0 without keep-alive), when the request was not
-//! read to its end (an early answer, a refused body), or when the process drains or the
-//! listener goes away; it then lingers briefly so a client still sending does not turn the
-//! close into a reset that would destroy the response it has not read yet.
+//! ended (pipelined bytes wait in the buffer). A target that answers before it has the whole
+//! body gets the rest while its response is relayed: one poll loop reads the client's body and
+//! writes the response to the same client stream ([`relay_body`]). The connection closes after
+//! a response when the client asked (`Connection: close`, HTTP/1.0 without keep-alive), when
+//! the request was not read to its end at the response head (an early answer, a refused body),
+//! or when the process drains or the listener goes away; it then lingers briefly so a client
+//! still sending does not turn the close into a reset that would destroy the response it has
+//! not read yet.
 //!
 //! Each request's work is one boxed future, allocated while the request runs: what an idle
 //! connection holds is the connection future alone (a few hundred bytes, bounded by a unit
@@ -1093,37 +1096,12 @@ async fn write_pumping<S: ClientIo>(
     if *sending != Sending::Body {
         return hio::write_all(out.io, slices, timer, idle).await;
     }
-    let mut deadline: Option<Instant> = None;
-    poll_fn(|cx| loop {
+    let mut deadline = None;
+    poll_fn(|cx| {
         if pump(cx, out, sending, target) == Pumped::ClientBroke {
             return Poll::Ready(Err(std::io::Error::other(BodyBroke)));
         }
-        let r = if slices.is_empty() {
-            match Pin::new(&mut *out.io).poll_flush(cx) {
-                Poll::Ready(r) => return Poll::Ready(r),
-                Poll::Pending => None,
-            }
-        } else {
-            match Pin::new(&mut *out.io).poll_write_vectored(cx, slices) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => Some(n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => None,
-            }
-        };
-        match r {
-            Some(n) => {
-                IoSlice::advance_slices(&mut slices, n);
-                deadline = None;
-            }
-            None => {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
-                if timer.poll_expired(cx, d) {
-                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-                }
-                return Poll::Pending;
-            }
-        }
+        hio::poll_write_all(cx, &mut *out.io, &mut slices, &mut deadline, timer, idle)
     })
     .await
 }
@@ -1149,17 +1127,7 @@ async fn read_pumping<S: ClientIo>(
             Pumped::Moved => deadline = None,
             Pumped::Idle => {}
         }
-        match tbuf.poll_read_from(target, cx) {
-            Poll::Ready(r) => Poll::Ready(r),
-            Poll::Pending => {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + idle);
-                if timer.poll_expired(cx, d) {
-                    Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        client::poll_read_more(cx, target, tbuf, &mut deadline, timer, idle)
     })
     .await
 }
