@@ -146,10 +146,19 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
         target_before
     );
 
-    // A bad reload changes nothing and says why, with line:col.
-    let out = control.reload_text("test.toml", &config(&be, "three", false).replace("priority = 1", "priority = 0"));
+    // A bad reload changes nothing and says why, with line:col; a warning found with the error
+    // is reported as a warning, not as a reason for the rejection.
+    let unused = "\n[[target_groups]]\nname = \"unused\"\ntargets = [\"127.0.0.1:9\"]\n";
+    let bad = config(&be, "three", false).replace("priority = 1", "priority = 0") + unused;
+    let out = control.reload_text("test.toml", &bad);
     assert!(!out.ok());
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
     assert!(out.errors[0].to_string().starts_with("test.toml:"), "{}", out.errors[0]);
+    assert!(
+        out.warnings.len() == 1 && out.warnings[0].to_string().contains("\"unused\" is not used"),
+        "{:?}",
+        out.warnings
+    );
     assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "two");
     assert_eq!(lb.server.listener_addr("extra"), Some(extra));
 

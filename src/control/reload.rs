@@ -138,12 +138,18 @@ impl Control {
         ReloadOutcome { generation, errors: vec![], warnings: warnings.warnings().cloned().collect() }
     }
 
-    fn fail(&self, errors: Vec<ConfigError>) -> ReloadOutcome {
+    /// A rejected reload: `diags` holds its errors and the warnings found with them (reported
+    /// as warnings: they did not cause the rejection).
+    fn fail(&self, diags: Vec<ConfigError>) -> ReloadOutcome {
         self.state.metrics.reloads_failure.fetch_add(1, Ordering::Relaxed);
+        let (warnings, errors): (Vec<_>, Vec<_>) = diags.into_iter().partition(|d| d.severity == Severity::Warning);
         for e in &errors {
             tracing::error!("reload rejected, the previous configuration keeps serving: {e}");
         }
-        ReloadOutcome { generation: self.state.load().generation, errors, warnings: vec![] }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        ReloadOutcome { generation: self.state.load().generation, errors, warnings }
     }
 
     /// Binds the listeners of `snap` that are not running with the same address. Nothing is
