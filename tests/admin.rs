@@ -154,13 +154,37 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
     assert!(!out.ok());
     assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
     assert!(out.errors[0].to_string().starts_with("test.toml:"), "{}", out.errors[0]);
-    assert!(
-        out.warnings.len() == 1 && out.warnings[0].to_string().contains("\"unused\" is not used"),
-        "{:?}",
-        out.warnings
-    );
+    assert!(out.warnings.iter().any(|w| w.to_string().contains("\"unused\" is not used")), "{:?}", out.warnings);
     assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "two");
     assert_eq!(lb.server.listener_addr("extra"), Some(extra));
+
+    // Settings fixed at start-up: the reload applies the rest, warns at each such key, and
+    // /config keeps showing what is in force.
+    let before: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/config")).await.body).unwrap();
+    let text = format!(
+        "[server]\nworker_threads = 7\nmax_connections = 123\nadmin_bind = \"127.0.0.1:0\"\n{}",
+        config(&be, "three", true)
+    );
+    let out = control.reload_text("test.toml", &text);
+    assert!(out.ok(), "{:?}", out.errors);
+    let warned: Vec<String> = out.warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.starts_with("test.toml:2:18: warning: worker_threads = 7 takes effect at the next start")),
+        "{warned:?}"
+    );
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.starts_with("test.toml:3:19: warning: max_connections = 123 takes effect at the next start")),
+        "{warned:?}"
+    );
+    assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "three");
+    let now: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/config")).await.body).unwrap();
+    for key in ["worker_threads", "max_connections", "admin_bind"] {
+        assert_eq!(now["server"][key], before["server"][key], "{key} in force");
+    }
 
     // Removing the listener closes it.
     let out = control.reload_text("test.toml", &config(&be, "four", false));
@@ -172,7 +196,7 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
     );
 
     let m = get(&c, &lb.admin("/metrics")).await.body;
-    assert!(m.contains("pilotfish_config_reloads_total{result=\"success\"} 2"), "{m}");
+    assert!(m.contains("pilotfish_config_reloads_total{result=\"success\"} 3"), "{m}");
     assert!(m.contains("pilotfish_config_reloads_total{result=\"failure\"} 1"), "{m}");
-    assert!(m.contains("pilotfish_config_generation 3"), "{m}");
+    assert!(m.contains("pilotfish_config_generation 4"), "{m}");
 }

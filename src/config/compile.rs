@@ -81,6 +81,9 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     let mut cx =
         Ctx { map, diags: Vec::new(), base_dir: input.base_dir, certs: HashMap::new(), upstream_tls: HashMap::new() };
     validate(&mut cx, &cfg);
+    if let Some(prev) = input.previous {
+        restart_only(&mut cx, &cfg.server, &prev.server);
+    }
     cx.diags.sort_by_key(|d| (d.line, d.col));
     if cx.diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(Diagnostics(cx.diags));
@@ -91,6 +94,28 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
             cx.err(0..0, e);
             Err(Diagnostics(cx.diags))
         }
+    }
+}
+
+/// Settings fixed at start-up that a reload changes: each is a warning at its key, and the
+/// running value stays in force (and is what `/config` shows) until the next start.
+fn restart_only(cx: &mut Ctx<'_>, s: &crate::config::file::Server, prev: &ServerSettings) {
+    // (A key left out is its default, reported at the top of the file.)
+    let (threads, conns) = (*s.worker_threads.get_ref(), *s.max_connections.get_ref());
+    if threads != prev.worker_threads {
+        let msg =
+            format!("worker_threads = {threads} takes effect at the next start; {} stay in force", prev.worker_threads);
+        cx.warn(s.worker_threads.span(), msg);
+    }
+    if let Some(a) = s.admin_bind.get_ref().parse::<SocketAddr>().ok().filter(|a| *a != prev.admin_bind) {
+        let msg =
+            format!("admin_bind = {a} takes effect at the next start; the admin API stays on {}", prev.admin_bind);
+        cx.warn(s.admin_bind.span(), msg);
+    }
+    if conns != prev.max_connections {
+        let msg =
+            format!("max_connections = {conns} takes effect at the next start; {} stay in force", prev.max_connections);
+        cx.warn(s.max_connections.span(), msg);
     }
 }
 
@@ -731,8 +756,8 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 
 fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Snapshot, String> {
     let s = &cfg.server;
-    let server = ServerSettings {
-        worker_threads: s.worker_threads,
+    let mut server = ServerSettings {
+        worker_threads: *s.worker_threads.get_ref(),
         admin_bind: s.admin_bind.get_ref().parse().expect("validated"),
         shutdown_drain: s.shutdown_drain.0,
         idle_timeout: s.idle_timeout.0,
@@ -742,6 +767,12 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
         max_headers: *s.max_headers.get_ref(),
         max_connections: *s.max_connections.get_ref(),
     };
+    if let Some(prev) = input.previous {
+        // Fixed at start-up (see `restart_only`): the running values stay in force.
+        server.worker_threads = prev.server.worker_threads;
+        server.admin_bind = prev.server.admin_bind;
+        server.max_connections = prev.server.max_connections;
+    }
     let metrics = input.metrics;
 
     let groups: BTreeMap<&str, Arc<TargetGroup>> = cfg
@@ -854,7 +885,7 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
         })
         .collect::<Result<_, _>>()?;
 
-    let json = describe(cfg, input.generation);
+    let json = describe(cfg, &server, input.generation);
     let mut snap =
         Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json);
     snap.aws = cfg
@@ -1040,18 +1071,20 @@ fn action(
 }
 
 /// The active configuration as JSON for the admin API.
-fn describe(cfg: &FileConfig, generation: u64) -> serde_json::Value {
+/// The active configuration as JSON for the admin API; `server` is what is in force (a reload
+/// leaves the start-up-only settings as they were).
+fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde_json::Value {
     let s = &cfg.server;
     json!({
         "generation": generation,
         "server": {
-            "worker_threads": s.worker_threads,
-            "admin_bind": s.admin_bind.get_ref(),
+            "worker_threads": server.worker_threads,
+            "admin_bind": server.admin_bind.to_string(),
             "shutdown_drain": humantime::format_duration(s.shutdown_drain.0).to_string(),
             "idle_timeout": humantime::format_duration(s.idle_timeout.0).to_string(),
             "header_read_timeout": humantime::format_duration(s.header_read_timeout.0).to_string(),
             "max_header_bytes": s.max_header_bytes.get_ref(),
-            "max_connections": s.max_connections.get_ref(),
+            "max_connections": server.max_connections,
         },
         "certificates": cfg.certificates.iter().map(|c| {
             let c = c.get_ref();

@@ -53,7 +53,7 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
-    pub worker_threads: usize,
+    pub worker_threads: Spanned<usize>,
     pub admin_bind: Spanned<String>,
     /// Allow a non-loopback `admin_bind` (the admin API has no authentication).
     pub admin_public: bool,
@@ -71,7 +71,7 @@ pub struct Server {
 impl Default for Server {
     fn default() -> Self {
         Server {
-            worker_threads: 0,
+            worker_threads: Spanned::new(0..0, 0),
             admin_bind: Spanned::new(0..0, "127.0.0.1:9901".into()),
             admin_public: false,
             shutdown_drain: Dur(Duration::from_secs(25)),
