@@ -126,9 +126,14 @@ proptest! {
         let text = format!("{}{}{}", &base[..cut], insert, &base[cut..]);
         let m = Metrics::default();
         if let Err(d) = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None }) {
-            // Every error is located.
+            // Every error is located inside the text: on one of its lines (or just after the
+            // last), at a column of that line (or just after its end).
+            let lines: Vec<&str> = text.split('\n').collect();
             for e in &d.0 {
-                prop_assert!(e.line >= 1 && e.col >= 1, "{}", e);
+                prop_assert_eq!(&e.file, "p.toml");
+                prop_assert!(e.line >= 1 && e.line <= lines.len(), "{} (of {} lines)", e, lines.len());
+                let width = lines[e.line - 1].chars().count();
+                prop_assert!(e.col >= 1 && e.col <= width + 1, "{} (line of {} chars)", e, width);
             }
         }
     }
