@@ -2,7 +2,7 @@
 //! process flags. The data plane only loads; the control plane is the only writer, through
 //! [`SharedState::publish`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -19,8 +19,11 @@ pub struct SharedState {
     pub metrics: Arc<Metrics>,
     /// The access log sink (None when `format = "off"` at start-up).
     pub access_log: Option<AccessLog>,
-    /// Client connections allowed at once (`server.max_connections`, fixed at start-up).
+    /// Client connections allowed at once (`server.max_connections`; a reload resizes it).
     pub connection_permits: Arc<Semaphore>,
+    /// Permits still to withdraw after `max_connections` was lowered below the connections
+    /// open: taken back as those connections close.
+    permit_debt: AtomicUsize,
     ready: AtomicBool,
     draining: AtomicBool,
     /// Turns true when shutdown starts: every connection then closes gracefully.
@@ -46,6 +49,7 @@ impl SharedState {
         metrics.generation.store(first.generation, Ordering::Relaxed);
         SharedState {
             connection_permits: Arc::new(Semaphore::new(first.server.max_connections)),
+            permit_debt: AtomicUsize::new(0),
             snapshot: ArcSwap::from_pointee(first),
             metrics,
             access_log,
@@ -55,6 +59,36 @@ impl SharedState {
             generation: tokio::sync::watch::channel(0).0,
             discovery: dashmap::DashMap::new(),
         }
+    }
+
+    /// Applies a new `max_connections` (it was `from`). Raising it adds permits at once (after
+    /// paying back what an earlier lowering still owes); lowering it withdraws the free permits
+    /// at once and the rest as open connections close (see [`SharedState::owes_permit`]): no
+    /// connection is cut, and none is accepted until the count is under the new cap.
+    pub fn resize_connections(&self, from: usize, to: usize) {
+        if to >= from {
+            let mut more = to - from;
+            let mut owed = self.permit_debt.load(Ordering::Relaxed);
+            while owed > 0 && more > 0 {
+                let paid = owed.min(more);
+                match self.permit_debt.compare_exchange(owed, owed - paid, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => more -= paid,
+                    Err(now) => owed = now,
+                }
+            }
+            self.connection_permits.add_permits(more);
+        } else {
+            let fewer = from - to;
+            let owed = fewer - self.connection_permits.forget_permits(fewer);
+            self.permit_debt.fetch_add(owed, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a permit just acquired must be withdrawn instead of admitting a connection
+    /// (`max_connections` was lowered below the connections then open): the accept loop then
+    /// forgets it. One relaxed load per accepted connection when nothing is owed.
+    pub fn owes_permit(&self) -> bool {
+        self.permit_debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1)).is_ok()
     }
 
     /// The current snapshot; a request keeps the one it started with.

@@ -156,6 +156,57 @@ async fn max_connections_pauses_accepting() {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
+/// One request on `s`: whether a response came (within 10 s).
+async fn served(s: &mut TcpStream) -> bool {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.ok().and_then(|r| r.ok()).unwrap_or(0) > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resizes_max_connections_live() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(&be, "max_connections = 1"));
+    let control = lb.server.control().clone();
+    let addr = lb.addr("web");
+    let mut buf = vec![0u8; 4096];
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    assert!(served(&mut first).await);
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await.is_err(),
+        "over the cap: waits"
+    );
+
+    // Raised to 2: the waiting client is served at once, the first still open.
+    let out = control.reload_text("t.toml", &config(&be, "max_connections = 2"));
+    assert!(out.ok(), "{:?}", out.errors);
+    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buf))
+        .await
+        .expect("served after the raise")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // Lowered to 1 with two open: nobody is cut, and a new client waits until both have closed.
+    let out = control.reload_text("t.toml", &config(&be, "max_connections = 1"));
+    assert!(out.ok(), "{:?}", out.errors);
+    assert!(served(&mut first).await && served(&mut second).await, "open connections keep being served");
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    drop(first);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await.is_err(),
+        "one connection open is the new cap: the third waits"
+    );
+    drop(second);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("served under the cap")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 /// Reads HTTP/2 frames (acknowledging the server's SETTINGS) until a HEADERS frame on `stream`;
 /// returns its first header block byte, or None if the connection ended first (bounded by 5 s).
 async fn h2_response_start(s: &mut TcpStream, stream: u32) -> Option<u8> {

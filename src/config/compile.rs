@@ -97,11 +97,12 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     }
 }
 
-/// Settings fixed at start-up that a reload changes: each is a warning at its key, and the
-/// running value stays in force (and is what `/config` shows) until the next start.
+/// Settings fixed at start-up (the worker threads, the admin socket) that a reload changes:
+/// each is a warning at its key, and the running value stays in force (and is what `/config`
+/// shows) until the next start. (`max_connections` is applied live.)
 fn restart_only(cx: &mut Ctx<'_>, s: &crate::config::file::Server, prev: &ServerSettings) {
     // (A key left out is its default, reported at the top of the file.)
-    let (threads, conns) = (*s.worker_threads.get_ref(), *s.max_connections.get_ref());
+    let threads = *s.worker_threads.get_ref();
     if threads != prev.worker_threads {
         let msg =
             format!("worker_threads = {threads} takes effect at the next start; {} stay in force", prev.worker_threads);
@@ -111,11 +112,6 @@ fn restart_only(cx: &mut Ctx<'_>, s: &crate::config::file::Server, prev: &Server
         let msg =
             format!("admin_bind = {a} takes effect at the next start; the admin API stays on {}", prev.admin_bind);
         cx.warn(s.admin_bind.span(), msg);
-    }
-    if conns != prev.max_connections {
-        let msg =
-            format!("max_connections = {conns} takes effect at the next start; {} stay in force", prev.max_connections);
-        cx.warn(s.max_connections.span(), msg);
     }
 }
 
@@ -771,7 +767,6 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
         // Fixed at start-up (see `restart_only`): the running values stay in force.
         server.worker_threads = prev.server.worker_threads;
         server.admin_bind = prev.server.admin_bind;
-        server.max_connections = prev.server.max_connections;
     }
     let metrics = input.metrics;
 

@@ -127,6 +127,7 @@ impl Control {
         };
         self.next_generation.fetch_add(1, Ordering::Relaxed);
         let keep: Vec<Arc<str>> = snap.listeners.iter().map(|l| l.name.clone()).collect();
+        self.state.resize_connections(prev.server.max_connections, snap.server.max_connections);
         self.state.publish(snap);
         self.start(bound);
         self.stop_except(&keep);

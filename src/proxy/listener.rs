@@ -65,6 +65,11 @@ pub async fn accept_loop(
             p = state.connection_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
+        if state.owes_permit() {
+            // max_connections was lowered: this permit is withdrawn, not used.
+            permit.forget();
+            continue;
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => return,
