@@ -103,20 +103,20 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("{name}: OK");
             for l in &snap.listeners {
                 println!(
-                    "  listener {:?} on {} ({:?}): {} rule(s)",
+                    "  listener {:?} on {} ({}): {} rule(s)",
                     &*l.name,
                     l.bind,
-                    l.protocol,
+                    l.protocol.as_str(),
                     l.router.rules().len()
                 );
             }
             for g in &snap.target_groups {
                 println!(
-                    "  target group {:?}: {} target(s), {:?}, {:?}",
+                    "  target group {:?}: {} target(s), {}, {}",
                     &*g.name,
                     g.targets().targets().len(),
-                    g.settings.algorithm,
-                    g.settings.protocol
+                    g.settings.algorithm.as_str(),
+                    g.settings.protocol.as_str()
                 );
             }
             ExitCode::SUCCESS

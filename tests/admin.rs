@@ -75,6 +75,12 @@ async fn admin_endpoints_answer_with_documented_shapes() {
     assert_eq!(cfg["generation"], 1);
     assert_eq!(cfg["listeners"][0]["name"], "web");
     assert_eq!(cfg["target_groups"][0]["targets"][0], be.addr.to_string());
+    // In the configuration's own spellings.
+    assert_eq!(cfg["listeners"][0]["protocol"], "http");
+    assert_eq!(
+        (&cfg["target_groups"][0]["algorithm"], &cfg["target_groups"][0]["protocol"]),
+        (&"round_robin".into(), &"http1".into())
+    );
 
     assert_eq!(get(&c, &lb.admin("/nope")).await.status.as_u16(), 404);
 }

@@ -52,6 +52,8 @@ fn check_accepts_the_example_and_reports_every_error_with_line_and_column() {
     let (code, out, err) = check(&example);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("OK") && out.contains("listener \"http\""), "{out}");
+    // The summary speaks the configuration's own spellings.
+    assert!(out.contains("(http): ") && out.contains("least_outstanding_requests, http1"), "{out}");
 
     let bad = temp_file(
         "bad",

@@ -1087,7 +1087,7 @@ fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde
         }).collect::<Vec<_>>(),
         "listeners": cfg.listeners.iter().map(|l| {
             let l = l.get_ref();
-            json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": format!("{:?}", l.protocol.get_ref()).to_lowercase()})
+            json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": l.protocol.get_ref().as_str()})
         }).collect::<Vec<_>>(),
         "rules": cfg.rules.iter().map(|r| {
             let r = r.get_ref();
@@ -1106,8 +1106,8 @@ fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde
             let t = t.get_ref();
             json!({
                 "name": t.name.get_ref(),
-                "protocol": format!("{:?}", t.protocol).to_lowercase(),
-                "algorithm": format!("{:?}", t.algorithm),
+                "protocol": t.protocol.as_str(),
+                "algorithm": t.algorithm.as_str(),
                 "health_check": t.health_check.as_ref().map(|h| {
                     let h = health(h.get_ref());
                     json!({
