@@ -64,7 +64,8 @@ impl SharedState {
     /// Applies a new `max_connections` (it was `from`). Raising it adds permits at once (after
     /// paying back what an earlier lowering still owes); lowering it withdraws the free permits
     /// at once and the rest as open connections close (see [`SharedState::owes_permit`]): no
-    /// connection is cut, and none is accepted until the count is under the new cap.
+    /// connection is cut, and none is accepted until the count is under the new cap (an accept
+    /// loop already holding a permit as the change lands admits one more).
     pub fn resize_connections(&self, from: usize, to: usize) {
         if to >= from {
             let mut more = to - from;
@@ -78,9 +79,22 @@ impl SharedState {
             }
             self.connection_permits.add_permits(more);
         } else {
+            // Owed first, so that a permit freed meanwhile is withheld too; then the free ones
+            // are withdrawn against the debt (any withdrawn beyond it go back).
             let fewer = from - to;
-            let owed = fewer - self.connection_permits.forget_permits(fewer);
-            self.permit_debt.fetch_add(owed, Ordering::Relaxed);
+            self.permit_debt.fetch_add(fewer, Ordering::Relaxed);
+            let gone = self.connection_permits.forget_permits(fewer);
+            let mut owed = self.permit_debt.load(Ordering::Relaxed);
+            loop {
+                let paid = owed.min(gone);
+                match self.permit_debt.compare_exchange(owed, owed - paid, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => {
+                        self.connection_permits.add_permits(gone - paid);
+                        break;
+                    }
+                    Err(now) => owed = now,
+                }
+            }
         }
     }
 

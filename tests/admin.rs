@@ -168,7 +168,7 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
     // /config keeps showing what is in force.
     let before: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/config")).await.body).unwrap();
     let text = format!(
-        "[server]\nworker_threads = 7\nmax_connections = 123\nadmin_bind = \"127.0.0.1:0\"\n{}",
+        "[server]\nworker_threads = 7\nmax_connections = 123\nadmin_bind = \"127.0.0.1:1\"\n{}",
         config(&be, "three", true)
     );
     let out = control.reload_text("test.toml", &text);
@@ -180,6 +180,12 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
             .any(|w| w.starts_with("test.toml:2:18: warning: worker_threads = 7 takes effect at the next start")),
         "{warned:?}"
     );
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.starts_with("test.toml:4:14: warning: admin_bind = 127.0.0.1:1 takes effect at the next start")),
+        "{warned:?}"
+    );
     assert!(!warned.iter().any(|w| w.contains("max_connections")), "max_connections applies live: {warned:?}");
     assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "three");
     let now: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/config")).await.body).unwrap();
@@ -187,6 +193,26 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
         assert_eq!(now["server"][key], before["server"][key], "{key} in force");
     }
     assert_eq!(now["server"]["max_connections"], 123);
+    assert_eq!(now["server"]["admin_bind"], "127.0.0.1:0");
+
+    // A reload that cannot bind is rejected with the bind error, its warnings still warnings; a
+    // max_connections beyond what the process can count is refused at its key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = config(&be, "three", true).replace(
+        "name = \"extra\"\nbind = \"127.0.0.1:0\"",
+        &format!("name = \"extra\"\nbind = \"{}\"", taken.local_addr().unwrap()),
+    ) + unused;
+    let out = control.reload_text("test.toml", &text);
+    assert!(out.errors.iter().any(|e| e.message.contains("cannot bind")), "{:?}", out.errors);
+    assert!(out.warnings.iter().any(|w| w.message.contains("\"unused\" is not used")), "{:?}", out.warnings);
+    let out = control
+        .reload_text("test.toml", &format!("[server]\nmax_connections = {}\n{}", 1u64 << 40, config(&be, "x", true)));
+    assert!(
+        out.errors.iter().any(|e| e.to_string().starts_with("test.toml:2:19: max_connections must be between 1 and")),
+        "{:?}",
+        out.errors
+    );
+    assert_eq!(get(&c, &lb.url("web", "/fixed")).await.body, "three");
 
     // Removing the listener closes it.
     let out = control.reload_text("test.toml", &config(&be, "four", false));
@@ -199,6 +225,6 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
 
     let m = get(&c, &lb.admin("/metrics")).await.body;
     assert!(m.contains("pilotfish_config_reloads_total{result=\"success\"} 3"), "{m}");
-    assert!(m.contains("pilotfish_config_reloads_total{result=\"failure\"} 1"), "{m}");
+    assert!(m.contains("pilotfish_config_reloads_total{result=\"failure\"} 3"), "{m}");
     assert!(m.contains("pilotfish_config_generation 4"), "{m}");
 }

@@ -97,6 +97,10 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     }
 }
 
+/// The largest `max_connections` (far above what one process can hold open; tokio's semaphore
+/// takes no more than `usize::MAX >> 3`).
+const MAX_CONNECTIONS: usize = 1 << 24;
+
 /// Settings fixed at start-up (the worker threads, the admin socket) that a reload changes:
 /// each is a warning at its key, and the running value stays in force (and is what `/config`
 /// shows) until the next start. (`max_connections` is applied live.)
@@ -104,8 +108,12 @@ fn restart_only(cx: &mut Ctx<'_>, s: &crate::config::file::Server, prev: &Server
     // (A key left out is its default, reported at the top of the file.)
     let threads = *s.worker_threads.get_ref();
     if threads != prev.worker_threads {
-        let msg =
-            format!("worker_threads = {threads} takes effect at the next start; {} stay in force", prev.worker_threads);
+        let count = |n: usize| if n == 0 { "0 (one per core)".to_string() } else { n.to_string() };
+        let msg = format!(
+            "worker_threads = {} takes effect at the next start; {} stay in force",
+            count(threads),
+            count(prev.worker_threads)
+        );
         cx.warn(s.worker_threads.span(), msg);
     }
     if let Some(a) = s.admin_bind.get_ref().parse::<SocketAddr>().ok().filter(|a| *a != prev.admin_bind) {
@@ -137,8 +145,8 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
     if !(8..=10_000).contains(s.max_headers.get_ref()) {
         cx.err(s.max_headers.span(), "max_headers must be between 8 and 10000");
     }
-    if *s.max_connections.get_ref() == 0 {
-        cx.err(s.max_connections.span(), "max_connections must be at least 1");
+    if !(1..=MAX_CONNECTIONS).contains(s.max_connections.get_ref()) {
+        cx.err(s.max_connections.span(), format!("max_connections must be between 1 and {MAX_CONNECTIONS}"));
     }
     if let Some(aws) = &cfg.aws {
         if let Some(u) = &aws.get_ref().endpoint_url {

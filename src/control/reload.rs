@@ -118,11 +118,15 @@ impl Control {
         let bound = match self.bind_new(&snap) {
             Ok(b) => b,
             Err(msgs) => {
-                let errors = msgs
-                    .into_iter()
-                    .map(|m| ConfigError { file: name.into(), line: 1, col: 1, message: m, severity: Severity::Error })
-                    .collect();
-                return self.fail(errors);
+                let errors = msgs.into_iter().map(|m| ConfigError {
+                    file: name.into(),
+                    line: 1,
+                    col: 1,
+                    message: m,
+                    severity: Severity::Error,
+                });
+                // The compile's warnings are reported with the bind errors.
+                return self.fail(errors.chain(warnings.warnings().cloned()).collect());
             }
         };
         self.next_generation.fetch_add(1, Ordering::Relaxed);
