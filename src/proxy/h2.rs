@@ -358,29 +358,18 @@ impl Outbound for H2Out {
                     skip = 0;
                     n += 1;
                 }
-                match Pin::new(&mut *target).poll_write_vectored(cx, &slices[..n]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(SendError::Target(std::io::ErrorKind::WriteZero.into())))
-                    }
-                    Poll::Ready(Ok(w)) => {
-                        self.off += w;
-                        moved = true;
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Target(e))),
-                    Poll::Pending => {
-                        self.waiting_client = false;
-                        return if moved { Poll::Ready(Ok(false)) } else { Poll::Pending };
-                    }
+                if let Some(w) = client::poll_piece(cx, target, &slices[..n])? {
+                    self.off += w;
+                    moved = true;
+                    continue;
                 }
+                self.waiting_client = false;
+                return if moved { Poll::Ready(Ok(false)) } else { Poll::Pending };
             }
             if self.ending {
-                return match Pin::new(&mut *target).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(true)),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Target(e))),
-                    Poll::Pending if moved => Poll::Ready(Ok(false)),
-                    Poll::Pending => Poll::Pending,
-                };
+                // Waiting on the target, not the client, while the end is flushed.
+                self.waiting_client = false;
+                return client::poll_body_end(cx, target, moved);
             }
             (self.off, self.pre_len, self.data, self.post) = (0, 0, Bytes::new(), Vec::new());
             match Pin::new(&mut self.body).poll_frame(cx) {

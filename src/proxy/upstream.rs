@@ -188,11 +188,6 @@ pub fn checkin(id: u64, conn: Conn, now: Instant) {
     });
 }
 
-/// Idle HTTP/1.1 connections to target `id` in this worker's pool.
-pub fn idle_count(id: u64) -> usize {
-    POOL.with(|p| p.borrow().idle.get(&id).map_or(0, VecDeque::len))
-}
-
 /// Opens a connection to `addr`: TCP within `timeout`, then TLS when `tls` is set (the whole
 /// handshake within the same budget). Used for traffic and for health checks.
 pub async fn open(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<Stream, ProxyError> {

@@ -52,7 +52,8 @@ impl Buf {
         Buf { data, start: 0, end: 0 }
     }
 
-    /// A buffer holding `bytes` (tests and the fuzz targets).
+    /// A buffer holding `bytes`.
+    #[cfg(test)]
     pub fn from_bytes(bytes: &[u8]) -> Buf {
         let mut b = Buf::take();
         b.reserve(bytes.len(), usize::MAX);

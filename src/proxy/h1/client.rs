@@ -16,7 +16,7 @@
 //! over, no `Connection: close`.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -61,6 +61,33 @@ pub trait Outbound {
     fn idempotent(&self) -> bool;
     /// Whether the request has a body.
     fn has_body(&self) -> bool;
+}
+
+/// Writes what is left of a body piece to the target, for [`Outbound::poll_body`]:
+/// `Ok(Some(n))` bytes went, `Ok(None)` the target takes no more now (the task is woken when it
+/// does).
+pub fn poll_piece(
+    cx: &mut Context<'_>,
+    target: &mut Stream,
+    slices: &[IoSlice<'_>],
+) -> Result<Option<usize>, SendError> {
+    match Pin::new(target).poll_write_vectored(cx, slices) {
+        Poll::Ready(Ok(0)) => Err(SendError::Target(io::ErrorKind::WriteZero.into())),
+        Poll::Ready(Ok(n)) => Ok(Some(n)),
+        Poll::Ready(Err(e)) => Err(SendError::Target(e)),
+        Poll::Pending => Ok(None),
+    }
+}
+
+/// The body's last piece is written: flushes it (TLS keeps what it encrypted until flushed).
+/// What [`Outbound::poll_body`] returns then; `moved`: progress was made in this poll.
+pub fn poll_body_end(cx: &mut Context<'_>, target: &mut Stream, moved: bool) -> Poll<Result<bool, SendError>> {
+    match Pin::new(target).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(true)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Target(e))),
+        Poll::Pending if moved => Poll::Ready(Ok(false)),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 /// Where sending the body stands.
@@ -358,9 +385,4 @@ pub fn poll_read_more(
             }
         }
     }
-}
-
-/// Flushes `w` (TLS keeps what it encrypted until flushed).
-pub async fn flush<W: AsyncWrite + Unpin>(w: &mut W) -> io::Result<()> {
-    poll_fn(|cx| Pin::new(&mut *w).poll_flush(cx)).await
 }

@@ -551,35 +551,17 @@ impl<S: ClientIo> Outbound for H1Out<'_, S> {
         loop {
             if !self.piece.is_done() {
                 let (slices, n) = self.piece.slices(self.rbuf.data());
-                match Pin::new(&mut *target).poll_write_vectored(cx, &slices[..n]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(SendError::Target(std::io::ErrorKind::WriteZero.into())))
-                    }
-                    Poll::Ready(Ok(w)) => {
-                        self.piece.off += w;
-                        moved = true;
-                        continue;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(SendError::Target(e))),
-                    Poll::Pending => {
-                        self.waiting_client = false;
-                        return if moved { Poll::Ready(Ok(false)) } else { Poll::Pending };
-                    }
+                if let Some(w) = client::poll_piece(cx, target, &slices[..n])? {
+                    self.piece.off += w;
+                    moved = true;
+                    continue;
                 }
+                self.waiting_client = false;
+                return if moved { Poll::Ready(Ok(false)) } else { Poll::Pending };
             }
             if self.ending {
-                return match Pin::new(&mut *target).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(true)),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(SendError::Target(e))),
-                    Poll::Pending => {
-                        self.waiting_client = false;
-                        if moved {
-                            Poll::Ready(Ok(false))
-                        } else {
-                            Poll::Pending
-                        }
-                    }
-                };
+                self.waiting_client = false;
+                return client::poll_body_end(cx, target, moved);
             }
             if self.next_piece()? {
                 continue;
