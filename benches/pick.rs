@@ -4,8 +4,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use pilotfish::balance::{GroupSettings, TargetGroup, TargetSpec};
-use pilotfish::config::file::{Algorithm, UpstreamProtocol};
+use pilotfish::balance::{Algorithm, GroupSettings, TargetGroup, TargetSpec};
 
 fn group(n: u16, algorithm: Algorithm) -> TargetGroup {
     let specs: Vec<TargetSpec> = (0..n)
@@ -14,7 +13,7 @@ fn group(n: u16, algorithm: Algorithm) -> TargetGroup {
             weight: 1 + u32::from(i % 5),
         })
         .collect();
-    let settings = GroupSettings::new(UpstreamProtocol::Http1, algorithm);
+    let settings = GroupSettings::new(algorithm);
     TargetGroup::new("bench".into(), settings, &specs, None)
 }
 

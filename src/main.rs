@@ -110,13 +110,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                     l.router.rules().len()
                 );
             }
-            for g in &snap.target_groups {
+            for u in &snap.upstreams {
                 println!(
                     "  target group {:?}: {} target(s), {}, {}",
-                    &*g.name,
-                    g.targets().targets().len(),
-                    g.settings.algorithm.as_str(),
-                    g.settings.protocol.as_str()
+                    &*u.group.name,
+                    u.group.targets().targets().len(),
+                    u.group.settings.algorithm.as_str(),
+                    u.transport.protocol.as_str()
                 );
             }
             ExitCode::SUCCESS

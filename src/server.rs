@@ -1,6 +1,7 @@
-//! Process wiring: the data-plane workers (`server.worker_threads` current-thread runtimes, see
-//! [`crate::proxy::workers`]), the control thread (own OS thread, current-thread runtime: admin API, signals, reloads), start-up and
-//! graceful shutdown. `main` and the integration tests both start pilotfish through [`Server`].
+//! Starting and stopping the process: compile the first configuration, start the data-plane
+//! workers ([`crate::proxy::workers`]) and the control thread ([`crate::control::thread`]), and
+//! the graceful shutdown. `main` and the integration tests both start pilotfish through
+//! [`Server`].
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,14 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
 use crate::config::{self, CompileInput, Diagnostics};
+use crate::control::thread::ControlThread;
 use crate::control::Control;
 use crate::proxy::workers::WorkerThreads;
 use crate::state::SharedState;
 use crate::telemetry::access_log::AccessLog;
-use crate::telemetry::admin;
 use crate::telemetry::metrics::Metrics;
 
 /// Where the configuration comes from.
@@ -53,9 +52,7 @@ pub struct Server {
     control: Arc<Control>,
     admin_addr: SocketAddr,
     runtime: Option<WorkerThreads>,
-    control_thread: Option<std::thread::JoinHandle<()>>,
-    control_stop: Option<oneshot::Sender<()>>,
-    shutdown_rx: std::sync::mpsc::Receiver<()>,
+    control_thread: Option<ControlThread>,
 }
 
 impl Server {
@@ -86,7 +83,7 @@ impl Server {
             n => n,
         };
         let admin_bind = snap.server.admin_bind;
-        let access_log = (snap.access_log == config::file::AccessLogFormat::Json)
+        let access_log = (snap.access_log == config::snapshot::AccessLogFormat::Json)
             .then(|| AccessLog::start(metrics.clone(), opts.access_log.unwrap_or_else(|| Box::new(std::io::stdout()))));
         let state = Arc::new(SharedState::new(snap, metrics, access_log));
 
@@ -99,32 +96,9 @@ impl Server {
         admin.set_nonblocking(true).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
         let admin_addr = admin.local_addr().unwrap_or(admin_bind);
 
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let c = control.clone();
-        let signals = opts.signals;
-        let control_thread = std::thread::Builder::new()
-            .name("pilotfish-control".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("control runtime");
-                rt.block_on(control_main(c, admin, signals, stop_rx, shutdown_tx, started_tx));
-            })
-            .map_err(StartError::Runtime)?;
-        // "Serving" means signals are handled too: a SIGHUP before the handler exists would
-        // terminate the process (the default action).
-        if started_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            return Err(StartError::Runtime(std::io::Error::other("the control thread did not start")));
-        }
+        let control_thread = ControlThread::start(control.clone(), admin, opts.signals).map_err(StartError::Runtime)?;
         tracing::info!(admin = %admin_addr, workers, "pilotfish is serving");
-        Ok(Server {
-            control,
-            admin_addr,
-            runtime: Some(runtime),
-            control_thread: Some(control_thread),
-            control_stop: Some(stop_tx),
-            shutdown_rx,
-        })
+        Ok(Server { control, admin_addr, runtime: Some(runtime), control_thread: Some(control_thread) })
     }
 
     /// The bound address of listener `name`.
@@ -144,7 +118,9 @@ impl Server {
 
     /// Blocks until SIGTERM or SIGINT (with `signals`).
     pub fn wait_for_shutdown_signal(&self) {
-        let _ = self.shutdown_rx.recv();
+        if let Some(t) = &self.control_thread {
+            t.wait_for_shutdown_signal();
+        }
     }
 
     /// Graceful stop: readiness turns 503, listeners stop accepting, requests in flight to targets
@@ -158,8 +134,7 @@ impl Server {
         let deadline = Instant::now() + budget;
         let in_flight = || -> u64 {
             let snap = state.load();
-            snap.target_groups
-                .iter()
+            snap.target_groups()
                 .map(|g| g.targets().targets().iter().map(|t| u64::from(t.in_flight())).sum::<u64>())
                 .sum()
         };
@@ -177,11 +152,8 @@ impl Server {
     }
 
     fn stop(&mut self) {
-        if let Some(tx) = self.control_stop.take() {
-            let _ = tx.send(());
-        }
         if let Some(t) = self.control_thread.take() {
-            let _ = t.join();
+            t.stop();
         }
         if let Some(rt) = self.runtime.take() {
             // Requests still running are dropped with their runtime; their access log lines
@@ -198,85 +170,5 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.control.stop_all();
         self.stop();
-    }
-}
-
-async fn control_main(
-    control: Arc<Control>,
-    admin: std::net::TcpListener,
-    signals: bool,
-    stop: oneshot::Receiver<()>,
-    shutdown_tx: std::sync::mpsc::Sender<()>,
-    started: std::sync::mpsc::Sender<()>,
-) {
-    // Installed here, synchronously, before start-up is reported complete.
-    let signals = if signals { Signals::install() } else { None };
-    let admin = match tokio::net::TcpListener::from_std(admin) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "admin API listener failed");
-            return;
-        }
-    };
-    tokio::spawn(admin::serve(admin, control.clone()));
-    tokio::spawn(crate::control::health::run(control.state.clone()));
-    tokio::spawn(crate::control::discovery::supervise(control.state.clone()));
-    tokio::spawn(crate::control::cloudwatch::run(control.state.clone()));
-    tokio::spawn(crate::control::autoscale::supervise(control.state.clone()));
-    if let Some(s) = signals {
-        tokio::spawn(s.run(control.clone(), shutdown_tx));
-    }
-    let _ = started.send(());
-    let _ = stop.await;
-}
-
-/// The process's signal handlers: SIGHUP reloads, SIGTERM/SIGINT start the shutdown.
-struct Signals {
-    #[cfg(unix)]
-    hup: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    term: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    #[cfg(unix)]
-    fn install() -> Option<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(hup), Ok(term), Ok(int)) => Some(Signals { hup, term, int }),
-            _ => {
-                tracing::error!("cannot install signal handlers");
-                None
-            }
-        }
-    }
-
-    #[cfg(not(unix))]
-    fn install() -> Option<Signals> {
-        Some(Signals {})
-    }
-
-    #[cfg(unix)]
-    async fn run(mut self, control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
-        loop {
-            tokio::select! {
-                _ = self.hup.recv() => {
-                    tracing::info!("SIGHUP: reloading");
-                    control.reload();
-                }
-                _ = self.term.recv() => break,
-                _ = self.int.recv() => break,
-            }
-        }
-        tracing::info!("shutdown signal received");
-        let _ = shutdown_tx.send(());
-    }
-
-    #[cfg(not(unix))]
-    async fn run(self, _control: Arc<Control>, shutdown_tx: std::sync::mpsc::Sender<()>) {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = shutdown_tx.send(());
     }
 }

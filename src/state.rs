@@ -2,6 +2,8 @@
 //! process flags. The data plane only loads; the control plane is the only writer, through
 //! [`SharedState::publish`].
 
+#![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 

@@ -12,8 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::target::{now_ms, Reason};
-use super::{pick, Target, TargetState};
-use crate::config::file::{Algorithm, UpstreamProtocol};
+use super::{pick, Algorithm, Target, TargetState};
 
 /// What a target group needs to know about one target it should contain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,37 +111,26 @@ impl HealthCheck {
     }
 }
 
-/// Settings of a target group.
+/// How a target group picks and checks its targets.
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
-    pub protocol: UpstreamProtocol,
     pub algorithm: Algorithm,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-    pub retries: u32,
     /// Active checks; None = targets are healthy on registration and never checked.
     pub health_check: Option<HealthCheck>,
     /// Linear ramp from 10% to 100% of a target's share after it becomes healthy; zero = off.
     pub slow_start: Duration,
     /// How long removed targets may drain before they are dropped (ALB default 300 s).
     pub deregistration_delay: Duration,
-    /// HTTPS to targets.
-    pub tls: Option<Arc<crate::tls::client::UpstreamTls>>,
 }
 
 impl GroupSettings {
-    /// Settings with the defaults for everything but the protocol and algorithm.
-    pub fn new(protocol: UpstreamProtocol, algorithm: Algorithm) -> Self {
+    /// Settings with the defaults for everything but the algorithm.
+    pub fn new(algorithm: Algorithm) -> Self {
         GroupSettings {
-            protocol,
             algorithm,
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(60),
-            retries: 1,
             health_check: None,
             slow_start: Duration::ZERO,
             deregistration_delay: Duration::from_secs(300),
-            tls: None,
         }
     }
 
@@ -305,7 +293,7 @@ pub(crate) mod tests {
     }
 
     fn settings() -> GroupSettings {
-        GroupSettings::new(UpstreamProtocol::Http1, Algorithm::RoundRobin)
+        GroupSettings::new(Algorithm::RoundRobin)
     }
 
     #[test]
@@ -323,7 +311,7 @@ pub(crate) mod tests {
 
     #[test]
     fn slow_start_admits_a_new_target_at_its_share() {
-        let mut s = GroupSettings::new(UpstreamProtocol::Http1, Algorithm::LeastOutstandingRequests);
+        let mut s = GroupSettings::new(Algorithm::LeastOutstandingRequests);
         s.health_check = Some(HealthCheck::default());
         s.slow_start = Duration::from_secs(3600);
         let g = TargetGroup::new("g".into(), s, &[spec(1), spec(2)], None);

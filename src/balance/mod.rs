@@ -1,6 +1,8 @@
 //! Target groups, targets and the algorithms that pick one. No I/O: selectors read an immutable
 //! [`TargetSet`] and the targets' atomics, so they unit-test and bench in isolation.
 
+#![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
+
 pub mod group;
 pub mod least_outstanding;
 pub mod round_robin;
@@ -13,7 +15,25 @@ use std::sync::Arc;
 pub use group::{GroupSettings, HealthCheck, TargetGroup, TargetSet, TargetSpec};
 pub use target::{CheckResult, InFlightGuard, Reason, Target, TargetState};
 
-use crate::config::file::Algorithm;
+/// How a group picks a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    LeastOutstandingRequests,
+    WeightedRandom,
+}
+
+impl Algorithm {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
+            Algorithm::WeightedRandom => "weighted_random",
+        }
+    }
+}
 
 /// A picking algorithm over an immutable target set.
 pub trait Selector {

@@ -15,10 +15,10 @@ use ipnet::IpNet;
 use serde_json::json;
 use toml::Spanned;
 
-use super::file::{self, FileConfig, Forward, ListenerProtocol, TargetEntry};
+use super::file::{self, FileConfig, Forward, TargetEntry};
 use super::snapshot::*;
 use super::{Diagnostics, Severity, SourceMap};
-use crate::balance::{GroupSettings, HealthCheck, TargetGroup, TargetSpec};
+use crate::balance::{Algorithm, GroupSettings, HealthCheck, TargetGroup, TargetSpec};
 use crate::routing::{Conditions, Pattern, Router, Rule};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::client::{upstream_config, UpstreamTls};
@@ -339,7 +339,7 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                     cx.err(span.clone(), format!("target group {name:?}: ca is set but verify = false"));
                 }
                 if t.ca.is_none() || ca.is_some() {
-                    match upstream_config(tg.protocol, t.verify, ca, server_name) {
+                    match upstream_config(tg.protocol.into(), t.verify, ca, server_name) {
                         Ok(c) => {
                             cx.upstream_tls.insert(name.clone(), c);
                         }
@@ -372,7 +372,7 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
                 format!("bad bind address {:?}: expected IP:PORT (e.g. \"0.0.0.0:80\")", l.bind.get_ref()),
             ),
         }
-        if *l.protocol.get_ref() == ListenerProtocol::Https {
+        if *l.protocol.get_ref() == file::ListenerProtocol::Https {
             match &l.certificates {
                 None => cx.err(l.name.span(), format!("https listener {name:?} needs certificates = [...]")),
                 Some(list) => {
@@ -412,7 +412,7 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         ]
         .map(|(s, k)| (s.is_some(), s, k))
         {
-            if present && *l.protocol.get_ref() == ListenerProtocol::Http {
+            if present && *l.protocol.get_ref() == file::ListenerProtocol::Http {
                 cx.err(span.unwrap_or(0..0), format!("{key} is only valid on https listeners"));
             }
         }
@@ -545,8 +545,10 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             else {
                 continue;
             };
-            let Some(certs) =
-                listener.certificates.as_ref().filter(|_| *listener.protocol.get_ref() == ListenerProtocol::Https)
+            let Some(certs) = listener
+                .certificates
+                .as_ref()
+                .filter(|_| *listener.protocol.get_ref() == file::ListenerProtocol::Https)
             else {
                 continue;
             };
@@ -778,22 +780,24 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
     }
     let metrics = input.metrics;
 
-    let groups: BTreeMap<&str, Arc<TargetGroup>> = cfg
+    let groups: BTreeMap<&str, Upstream> = cfg
         .target_groups
         .iter()
         .map(|tg| {
             let tg = tg.get_ref();
             let name: Arc<str> = tg.name.get_ref().as_str().into();
-            let mut settings = GroupSettings::new(tg.protocol, tg.algorithm);
+            let mut transport = Transport::new(tg.protocol.into());
             if let Some(d) = tg.connect_timeout {
-                settings.connect_timeout = d.0;
+                transport.connect_timeout = d.0;
             }
             if let Some(d) = tg.response_timeout {
-                settings.response_timeout = d.0;
+                transport.response_timeout = d.0;
             }
             if let Some(r) = tg.retries {
-                settings.retries = r;
+                transport.retries = r;
             }
+            transport.tls = cx.upstream_tls.get(tg.name.get_ref()).cloned().map(Arc::new);
+            let mut settings = GroupSettings::new(tg.algorithm.into());
             if let Some(d) = &tg.slow_start {
                 settings.slow_start = d.get_ref().0;
             }
@@ -801,7 +805,6 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
                 settings.deregistration_delay = d.get_ref().0;
             }
             settings.health_check = tg.health_check.as_ref().map(|h| health(h.get_ref()));
-            settings.tls = cx.upstream_tls.get(tg.name.get_ref()).cloned().map(Arc::new);
             let prev = input.previous.and_then(|p| p.target_group(&name));
             // Discovered groups keep what discovery last found; the discovery loop updates them.
             let specs: Vec<TargetSpec> = if tg.discovery.is_some() {
@@ -817,7 +820,8 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
                     })
                     .collect()
             };
-            (tg.name.get_ref().as_str(), Arc::new(TargetGroup::new(name, settings, &specs, prev.map(|g| &**g))))
+            let group = Arc::new(TargetGroup::new(name, settings, &specs, prev.map(|g| &**g)));
+            (tg.name.get_ref().as_str(), Upstream { group, transport: Arc::new(transport) })
         })
         .collect();
 
@@ -860,7 +864,7 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
                 }),
             };
             let tls = match (l.protocol.get_ref(), &l.certificates) {
-                (ListenerProtocol::Https, Some(list)) => {
+                (file::ListenerProtocol::Https, Some(list)) => {
                     let names = list.get_ref();
                     let default = l.default_certificate.as_ref().map_or(&names[0], |d| d.get_ref());
                     let mut store = CertStore::new(&cx.certs[default]);
@@ -878,7 +882,7 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
             Ok(Arc::new(ListenerConfig {
                 name: lname.clone(),
                 bind: l.bind.get_ref().parse().expect("validated"),
-                protocol: *l.protocol.get_ref(),
+                protocol: (*l.protocol.get_ref()).into(),
                 router: Router::new(rules, default),
                 stats: metrics.listener(&lname),
                 own_codes: metrics.requests(&lname, &"".into()),
@@ -889,8 +893,14 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
         .collect::<Result<_, _>>()?;
 
     let json = describe(cfg, &server, input.generation);
-    let mut snap =
-        Snapshot::new(input.generation, server, cfg.access_log.format, listeners, groups.into_values().collect(), json);
+    let mut snap = Snapshot::new(
+        input.generation,
+        server,
+        cfg.access_log.format.into(),
+        listeners,
+        groups.into_values().collect(),
+        json,
+    );
     snap.aws = cfg
         .aws
         .as_ref()
@@ -916,16 +926,16 @@ fn build(cfg: &FileConfig, input: &CompileInput<'_>, cx: &Ctx<'_>) -> Result<Sna
             Some((
                 Arc::from(tg.name.get_ref().as_str()),
                 AutoscalingSpec {
-                    ecs: a.ecs.clone(),
+                    ecs: EcsService { cluster: a.ecs.cluster.clone(), service: a.ecs.service.clone() },
                     min: *a.min.get_ref(),
                     max: *a.max.get_ref(),
-                    metric: a.metric,
+                    metric: a.metric.into(),
                     target: *a.target.get_ref(),
-                    source: a.source,
+                    source: a.source.into(),
                     period: a.period.as_ref().map_or(Duration::from_secs(60), |p| p.get_ref().0),
                     scale_out_cooldown: a.scale_out_cooldown.map_or(Duration::from_secs(60), |d| d.0),
                     scale_in_cooldown: a.scale_in_cooldown.map_or(Duration::from_secs(120), |d| d.0),
-                    mode: a.mode,
+                    mode: a.mode.into(),
                 },
             ))
         })
@@ -1026,7 +1036,7 @@ fn conditions(r: &file::Rule) -> Conditions {
 fn action(
     metrics: &Metrics,
     listener: &Arc<str>,
-    groups: &BTreeMap<&str, Arc<TargetGroup>>,
+    groups: &BTreeMap<&str, Upstream>,
     forward: Option<&Spanned<Forward>>,
     redirect: Option<&Spanned<file::Redirect>>,
     fixed: Option<&Spanned<file::FixedResponse>>,
@@ -1034,12 +1044,13 @@ fn action(
     let none: Arc<str> = "".into();
     if let Some(f) = forward {
         let arm = |name: &str, weight: u32| {
-            let group = groups[name].clone();
+            let Upstream { group, transport } = groups[name].clone();
             ForwardArm {
                 codes: metrics.requests(listener, &group.name),
                 target_response: metrics.target_response(&group.name),
                 group_stats: metrics.group(&group.name),
                 group,
+                transport,
                 weight,
             }
         };
@@ -1095,7 +1106,7 @@ fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde
         }).collect::<Vec<_>>(),
         "listeners": cfg.listeners.iter().map(|l| {
             let l = l.get_ref();
-            json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": l.protocol.get_ref().as_str()})
+            json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": ListenerProtocol::from(*l.protocol.get_ref()).as_str()})
         }).collect::<Vec<_>>(),
         "rules": cfg.rules.iter().map(|r| {
             let r = r.get_ref();
@@ -1114,8 +1125,8 @@ fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde
             let t = t.get_ref();
             json!({
                 "name": t.name.get_ref(),
-                "protocol": t.protocol.as_str(),
-                "algorithm": t.algorithm.as_str(),
+                "protocol": UpstreamProtocol::from(t.protocol).as_str(),
+                "algorithm": Algorithm::from(t.algorithm).as_str(),
                 "health_check": t.health_check.as_ref().map(|h| {
                     let h = health(h.get_ref());
                     json!({
@@ -1137,6 +1148,72 @@ fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde
             })
         }).collect::<Vec<_>>(),
     })
+}
+
+// The file's spellings → the compiled types their users own.
+
+impl From<file::ListenerProtocol> for ListenerProtocol {
+    fn from(p: file::ListenerProtocol) -> Self {
+        match p {
+            file::ListenerProtocol::Http => ListenerProtocol::Http,
+            file::ListenerProtocol::Https => ListenerProtocol::Https,
+        }
+    }
+}
+
+impl From<file::AccessLogFormat> for AccessLogFormat {
+    fn from(f: file::AccessLogFormat) -> Self {
+        match f {
+            file::AccessLogFormat::Json => AccessLogFormat::Json,
+            file::AccessLogFormat::Off => AccessLogFormat::Off,
+        }
+    }
+}
+
+impl From<file::UpstreamProtocol> for UpstreamProtocol {
+    fn from(p: file::UpstreamProtocol) -> Self {
+        match p {
+            file::UpstreamProtocol::Http1 => UpstreamProtocol::Http1,
+            file::UpstreamProtocol::Http2 => UpstreamProtocol::Http2,
+        }
+    }
+}
+
+impl From<file::Algorithm> for Algorithm {
+    fn from(a: file::Algorithm) -> Self {
+        match a {
+            file::Algorithm::RoundRobin => Algorithm::RoundRobin,
+            file::Algorithm::LeastOutstandingRequests => Algorithm::LeastOutstandingRequests,
+            file::Algorithm::WeightedRandom => Algorithm::WeightedRandom,
+        }
+    }
+}
+
+impl From<file::ScalingMetric> for ScalingMetric {
+    fn from(m: file::ScalingMetric) -> Self {
+        match m {
+            file::ScalingMetric::RequestCountPerTarget => ScalingMetric::RequestCountPerTarget,
+            file::ScalingMetric::TargetResponseTime => ScalingMetric::TargetResponseTime,
+        }
+    }
+}
+
+impl From<file::MetricSource> for MetricSource {
+    fn from(s: file::MetricSource) -> Self {
+        match s {
+            file::MetricSource::Cloudwatch => MetricSource::Cloudwatch,
+            file::MetricSource::Local => MetricSource::Local,
+        }
+    }
+}
+
+impl From<file::ScalingMode> for ScalingMode {
+    fn from(m: file::ScalingMode) -> Self {
+        match m {
+            file::ScalingMode::TargetTracking => ScalingMode::TargetTracking,
+            file::ScalingMode::ApplicationAutoscaling => ScalingMode::ApplicationAutoscaling,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -109,16 +109,6 @@ pub enum ListenerProtocol {
     Https,
 }
 
-impl ListenerProtocol {
-    /// As the configuration spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerProtocol::Http => "http",
-            ListenerProtocol::Https => "https",
-        }
-    }
-}
-
 /// `[[listeners]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,16 +218,6 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-impl UpstreamProtocol {
-    /// As the configuration spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamProtocol::Http1 => "http1",
-            UpstreamProtocol::Http2 => "http2",
-        }
-    }
-}
-
 /// Target picking algorithm.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -246,17 +226,6 @@ pub enum Algorithm {
     RoundRobin,
     LeastOutstandingRequests,
     WeightedRandom,
-}
-
-impl Algorithm {
-    /// As the configuration spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::LeastOutstandingRequests => "least_outstanding_requests",
-            Algorithm::WeightedRandom => "weighted_random",
-        }
-    }
 }
 
 /// A static target: `"10.0.0.1:80"` or `{ address = "10.0.0.1:80", weight = 3 }`.

@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use rustc_hash::FxHashMap;
 
-use super::file::{AccessLogFormat, ListenerProtocol};
 use crate::balance::TargetGroup;
 use crate::routing::Router;
 use crate::telemetry::metrics::{CodeCounters, Histogram, ListenerStats};
@@ -28,10 +27,98 @@ pub struct ServerSettings {
     pub max_connections: usize,
 }
 
+/// A listener's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    Http,
+    Https,
+}
+
+impl ListenerProtocol {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+        }
+    }
+}
+
+/// The access log's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Off,
+}
+
+impl AccessLogFormat {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Off => "off",
+        }
+    }
+}
+
+/// The protocol spoken to a group's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+        }
+    }
+}
+
+/// How the proxy and the health checker reach a group's targets.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub protocol: UpstreamProtocol,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// Further attempts on other targets when connecting fails (and, for idempotent requests,
+    /// when the target resets before answering).
+    pub retries: u32,
+    /// HTTPS to targets.
+    pub tls: Option<Arc<crate::tls::client::UpstreamTls>>,
+}
+
+impl Transport {
+    /// The defaults (ALB's where it has one) for `protocol`.
+    pub fn new(protocol: UpstreamProtocol) -> Transport {
+        Transport {
+            protocol,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(60),
+            retries: 1,
+            tls: None,
+        }
+    }
+}
+
+/// A target group as the data plane and the health checker use it: the targets and how they are
+/// picked ([`TargetGroup`]), and how they are reached ([`Transport`]).
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub group: Arc<TargetGroup>,
+    pub transport: Arc<Transport>,
+}
+
 /// One arm of a forward action.
 #[derive(Debug)]
 pub struct ForwardArm {
     pub group: Arc<TargetGroup>,
+    pub transport: Arc<Transport>,
     pub weight: u32,
     /// Responses of this listener × group.
     pub codes: Arc<CodeCounters>,
@@ -148,19 +235,53 @@ pub struct CloudWatchSettings {
     pub interval: Duration,
 }
 
+/// The ECS service an autoscaling policy scales.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcsService {
+    pub cluster: String,
+    pub service: String,
+}
+
+/// The metric target tracking follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingMetric {
+    /// Requests per target per minute.
+    RequestCountPerTarget,
+    /// Average target response time in seconds.
+    TargetResponseTime,
+}
+
+/// Where the scaling metric is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricSource {
+    /// CloudWatch GetMetricData: the sum over every replica publishing the same LoadBalancer.
+    Cloudwatch,
+    /// This process's own counters.
+    Local,
+}
+
+/// Who scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalingMode {
+    /// pilotfish decides and calls ECS UpdateService.
+    TargetTracking,
+    /// pilotfish registers a target-tracking policy with AWS Application Auto Scaling.
+    ApplicationAutoscaling,
+}
+
 /// A target group's autoscaling policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoscalingSpec {
-    pub ecs: crate::config::file::EcsService,
+    pub ecs: EcsService,
     pub min: u32,
     pub max: u32,
-    pub metric: crate::config::file::ScalingMetric,
+    pub metric: ScalingMetric,
     pub target: f64,
-    pub source: crate::config::file::MetricSource,
+    pub source: MetricSource,
     pub period: Duration,
     pub scale_out_cooldown: Duration,
     pub scale_in_cooldown: Duration,
-    pub mode: crate::config::file::ScalingMode,
+    pub mode: ScalingMode,
 }
 
 /// The whole compiled configuration.
@@ -171,7 +292,8 @@ pub struct Snapshot {
     pub access_log: AccessLogFormat,
     pub listeners: Vec<Arc<ListenerConfig>>,
     listener_index: FxHashMap<Arc<str>, usize>,
-    pub target_groups: Vec<Arc<TargetGroup>>,
+    /// Every target group with its transport, by name.
+    pub upstreams: Vec<Upstream>,
     /// Discovered target groups and their sources.
     pub discovery: Vec<(Arc<str>, DiscoverySpec)>,
     pub aws: AwsSettings,
@@ -189,7 +311,7 @@ impl Snapshot {
         server: ServerSettings,
         access_log: AccessLogFormat,
         listeners: Vec<Arc<ListenerConfig>>,
-        target_groups: Vec<Arc<TargetGroup>>,
+        upstreams: Vec<Upstream>,
         json: serde_json::Value,
     ) -> Self {
         let listener_index = listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i)).collect();
@@ -199,7 +321,7 @@ impl Snapshot {
             access_log,
             listeners,
             listener_index,
-            target_groups,
+            upstreams,
             discovery: Vec::new(),
             aws: AwsSettings::default(),
             cloudwatch: None,
@@ -219,8 +341,18 @@ impl Snapshot {
         self.listener_index.get(name).map(|&i| &self.listeners[i])
     }
 
+    /// Every target group, by name.
+    pub fn target_groups(&self) -> impl Iterator<Item = &Arc<TargetGroup>> {
+        self.upstreams.iter().map(|u| &u.group)
+    }
+
     /// The target group called `name`.
     pub fn target_group(&self, name: &str) -> Option<&Arc<TargetGroup>> {
-        self.target_groups.iter().find(|g| &*g.name == name)
+        self.upstream(name).map(|u| &u.group)
+    }
+
+    /// The target group called `name`, with its transport.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| &*u.group.name == name)
     }
 }

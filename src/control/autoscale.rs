@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 
-use crate::config::file::{MetricSource, ScalingMetric, ScalingMode};
 use crate::config::snapshot::{AutoscalingSpec, CloudWatchSettings};
+use crate::config::snapshot::{MetricSource, ScalingMetric, ScalingMode};
 use crate::control::aws::{sdk_config, AwsError};
 use crate::state::SharedState;
 

@@ -117,7 +117,7 @@ fn datums(
     let active: i64 = state.metrics.listeners().iter().map(|(_, l)| l.active_connections.load(Ordering::Relaxed)).sum();
     out.push(datum("ActiveConnectionCount", StandardUnit::Count, active.max(0) as f64, dims(lb, None), at));
     let (mut healthy_all, mut unhealthy_all) = (0usize, 0usize);
-    for g in &snap.target_groups {
+    for g in snap.target_groups() {
         let name: &str = &g.name;
         let set = g.targets();
         let healthy = set.targets().iter().filter(|t| t.is_routable()).count();

@@ -19,10 +19,10 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioExecutor;
 
 use crate::balance::target::now_ms;
-use crate::balance::{CheckResult, GroupSettings, HealthCheck, Reason, Target, TargetGroup, TargetState};
-use crate::config::file::UpstreamProtocol;
-use crate::proxy::upstream;
+use crate::balance::{CheckResult, HealthCheck, Reason, Target, TargetGroup, TargetState};
+use crate::config::snapshot::{Transport, Upstream, UpstreamProtocol};
 use crate::state::SharedState;
+use crate::tls::client;
 
 const TICK: Duration = Duration::from_millis(20);
 
@@ -35,7 +35,7 @@ pub async fn run(state: Arc<SharedState>) {
         tick.tick().await;
         let snap = state.load();
         let now = now_ms();
-        for g in &snap.target_groups {
+        for Upstream { group: g, transport } in &snap.upstreams {
             for addr in g.sweep_draining() {
                 tracing::info!(target_group = %g.name, target = %addr, "deregistered target drained and removed");
             }
@@ -61,15 +61,21 @@ pub async fn run(state: Arc<SharedState>) {
                 }
                 let jitter = interval / 10;
                 t.next_check.store(now + interval - jitter + fastrand::u64(0..=2 * jitter), Ordering::Relaxed);
-                tokio::spawn(check_one(state.clone(), g.clone(), t.clone(), hc.clone()));
+                tokio::spawn(check_one(state.clone(), g.clone(), transport.clone(), t.clone(), hc.clone()));
             }
         }
     }
 }
 
-async fn check_one(state: Arc<SharedState>, group: Arc<TargetGroup>, target: Arc<Target>, hc: HealthCheck) {
+async fn check_one(
+    state: Arc<SharedState>,
+    group: Arc<TargetGroup>,
+    transport: Arc<Transport>,
+    target: Arc<Target>,
+    hc: HealthCheck,
+) {
     let addr = SocketAddr::new(target.addr.ip(), hc.port.unwrap_or(target.addr.port()));
-    let result = match tokio::time::timeout(hc.timeout, probe(addr, &hc.path, &group.settings)).await {
+    let result = match tokio::time::timeout(hc.timeout, probe(addr, &hc.path, &transport)).await {
         Err(_) => CheckResult::Fail(Reason::Timeout),
         Ok(Err(reason)) => CheckResult::Fail(reason),
         Ok(Ok(status)) if hc.matches(status) => CheckResult::Pass,
@@ -90,20 +96,20 @@ async fn check_one(state: Arc<SharedState>, group: Arc<TargetGroup>, target: Arc
 }
 
 /// One check: GET `path` on a new connection (TLS when the group uses it); returns the status.
-async fn probe(addr: SocketAddr, path: &str, settings: &GroupSettings) -> Result<u16, Reason> {
-    let io = upstream::open(addr, settings.tls.as_deref(), settings.connect_timeout)
+async fn probe(addr: SocketAddr, path: &str, transport: &Transport) -> Result<u16, Reason> {
+    let io = client::dial(addr, transport.tls.as_deref(), transport.connect_timeout)
         .await
         .map(hyper_util::rt::TokioIo::new)
         .map_err(|_| Reason::ConnectionFailed)?;
     let host = addr.to_string();
-    let scheme = if settings.tls.is_some() { "https" } else { "http" };
+    let scheme = if transport.tls.is_some() { "https" } else { "http" };
     let req = |uri: String| {
         Request::get(uri)
             .header(header::USER_AGENT, concat!("pilotfish-health-check/", env!("CARGO_PKG_VERSION")))
             .body(Empty::<Bytes>::new())
             .map_err(|_| Reason::FailedHealthChecks)
     };
-    let status = match settings.protocol {
+    let status = match transport.protocol {
         UpstreamProtocol::Http1 => {
             let (mut tx, conn) =
                 hyper::client::conn::http1::handshake(io).await.map_err(|_| Reason::ConnectionFailed)?;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Uri, Version};
 
-use crate::config::file::UpstreamProtocol;
+use crate::config::snapshot::UpstreamProtocol;
 
 /// Where a request came from, for the forwarding headers. The client's IP and the listener's
 /// port are formatted once per connection, inline (no allocation per connection).

@@ -41,7 +41,7 @@ use super::h1::server::Next;
 use super::service::{count_answer, redirect_location, ConnCtx, LogFields, RequestLog};
 use super::upstream::{self, H2Body, Stream};
 use crate::balance::Target;
-use crate::config::file::UpstreamProtocol;
+use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::routing::{normalize_host, RequestView};
 use crate::telemetry::metrics::ListenerStats;
@@ -156,7 +156,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                 let arm = fw.choose();
                 log.with(|r| r.target_group = Some(arm.group.name.clone()));
                 // Boxed: the forwarding state is most of a request's, and only forwards need it.
-                let r = match arm.group.settings.protocol {
+                let r = match arm.transport.protocol {
                     UpstreamProtocol::Http2 => {
                         Box::pin(to_h2_target(&ctx, &listener, arm, req, raw_host, &mut log)).await
                     }
@@ -219,10 +219,9 @@ async fn to_h2_target(
     let (mut parts, body) = req.into_parts();
     forward::prepare_head(&mut parts, &ctx.client, host, UpstreamProtocol::Http2);
     let limit = listener.max_request_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    let replay = (arm.group.settings.retries > 0
-        && body.is_end_stream()
-        && client::is_idempotent(parts.method.as_str().as_bytes()))
-    .then(|| Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
+    let replay =
+        (arm.transport.retries > 0 && body.is_end_stream() && client::is_idempotent(parts.method.as_str().as_bytes()))
+            .then(|| Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
     let body: H2Body = Limited::new(body, limit).map_err(BoxError::from).boxed_unsync();
     send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, log).await
 }
@@ -237,7 +236,7 @@ async fn send_h2(
     log: &mut RequestLog,
 ) -> Result<Response<RespBody>, ProxyError> {
     let group = &arm.group;
-    let settings = &group.settings;
+    let settings = &*arm.transport;
     let set = group.targets();
     let mut pending = Some(req);
     let mut tried: Vec<Arc<Target>> = Vec::new();
@@ -501,7 +500,7 @@ async fn to_h1_target(
         idempotent: client::is_idempotent(parts.method.as_str().as_bytes()),
         waiting_client: false,
     };
-    let settings = &arm.group.settings;
+    let settings = &*arm.transport;
     let limits = client::Limits {
         max_head_bytes: ctx.server.max_header_bytes,
         max_headers: ctx.server.max_headers,
@@ -706,7 +705,7 @@ pub async fn forward_from_h1<S: ClientIo>(
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         (Some(tx), ChannelBody(rx).boxed_unsync())
     };
-    let replay = (tx.is_none() && arm.group.settings.retries > 0 && client::is_idempotent(head.method(data)))
+    let replay = (tx.is_none() && arm.transport.retries > 0 && client::is_idempotent(head.method(data)))
         .then(|| Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
     // Pump the client's body while waiting for the response.
     let mut dec = Decoder::new(head.body);
@@ -780,7 +779,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     } else {
         b"\r\n"
     });
-    let timeout = arm.group.settings.response_timeout;
+    let timeout = arm.transport.response_timeout;
     let mut total = 0u64;
     let relayed: Result<(), &'static str> = async {
         hio::write_bytes(io, &out, timer, idle).await.map_err(|_| "client_closed")?;

@@ -5,6 +5,8 @@
 //! runtimes ([`workers`]), HTTP/2 response bodies ([`body`]) and the error → status mapping
 //! ([`error`]). Everything here only *reads* shared state.
 
+#![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
+
 pub mod answer;
 pub mod body;
 pub mod error;

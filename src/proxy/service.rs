@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::answer::Answer;
 use super::forward::ClientInfo;
-use crate::config::file::AccessLogFormat;
+use crate::config::snapshot::AccessLogFormat;
 use crate::config::snapshot::{ForwardArm, ListenerConfig, RedirectAction, ServerSettings, Snapshot};
 use crate::state::SharedState;
 use crate::telemetry::access_log::{secs, AccessLog, Record};

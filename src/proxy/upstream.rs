@@ -14,7 +14,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -27,13 +26,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustc_hash::FxHashMap;
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::error::ProxyError;
-use crate::balance::GroupSettings;
-use crate::tls::client::UpstreamTls;
+use crate::config::snapshot::Transport;
+pub use crate::tls::client::Stream;
+use crate::tls::client::{self, DialError};
 
 /// Idle HTTP/1.1 connections kept per target and worker; more are closed when returned.
 const MAX_IDLE_PER_TARGET: usize = 512;
@@ -45,63 +43,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The request body type sent to HTTP/2 targets.
 pub type H2Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-/// A byte stream to a target: TCP, or TLS over it.
-pub enum Stream {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    #[inline]
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    #[inline]
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    #[inline]
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    #[inline]
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
-    }
-}
 
 /// An HTTP/1.1 connection to a target, ready for one request.
 pub struct Conn {
@@ -188,29 +129,18 @@ pub fn checkin(id: u64, conn: Conn, now: Instant) {
     });
 }
 
-/// Opens a connection to `addr`: TCP within `timeout`, then TLS when `tls` is set (the whole
-/// handshake within the same budget). Used for traffic and for health checks.
-pub async fn open(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<Stream, ProxyError> {
-    let work = async {
-        let stream = TcpStream::connect(addr).await.map_err(|source| ProxyError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        let Some(tls) = tls else { return Ok(Stream::Tcp(stream)) };
-        let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-        let s = tokio_rustls::TlsConnector::from(tls.config.clone())
-            .connect(name, stream)
-            .await
-            .map_err(|source| ProxyError::Tls { addr, source })?;
-        Ok(Stream::Tls(Box::new(s)))
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Err(_) => Err(ProxyError::ConnectTimeout(addr)),
-        Ok(r) => r,
-    }
+/// Opens a connection to `addr` ([`client::dial`]) for traffic.
+async fn open(addr: SocketAddr, transport: &Transport) -> Result<Stream, ProxyError> {
+    client::dial(addr, transport.tls.as_deref(), transport.connect_timeout).await.map_err(|e| match e {
+        DialError::Connect(source) => ProxyError::Connect { addr, source },
+        DialError::Tls(source) => ProxyError::Tls { addr, source },
+        DialError::Timeout => ProxyError::ConnectTimeout(addr),
+    })
 }
 
 /// A new HTTP/1.1 connection to `addr`.
-pub async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<Conn, ProxyError> {
-    let io = open(addr, settings.tls.as_deref(), settings.connect_timeout).await?;
+pub async fn connect_h1(addr: SocketAddr, transport: &Transport) -> Result<Conn, ProxyError> {
+    let io = open(addr, transport).await?;
     Ok(Conn { io, reused: false })
 }
 
@@ -219,7 +149,7 @@ pub async fn connect_h1(addr: SocketAddr, settings: &GroupSettings) -> Result<Co
 pub async fn h2_sender(
     id: u64,
     addr: SocketAddr,
-    settings: &GroupSettings,
+    transport: &Transport,
 ) -> Result<http2::SendRequest<H2Body>, ProxyError> {
     let cached = POOL.with(|p| p.borrow().h2.get(&id).filter(|tx| !tx.is_closed()).cloned());
     if let Some(mut tx) = cached {
@@ -227,17 +157,17 @@ pub async fn h2_sender(
             return Ok(tx);
         }
     }
-    let tx = Box::pin(connect_h2(addr, settings)).await?;
+    let tx = Box::pin(connect_h2(addr, transport)).await?;
     POOL.with(|p| p.borrow_mut().h2.insert(id, tx.clone()));
     Ok(tx)
 }
 
-async fn connect_h2(addr: SocketAddr, settings: &GroupSettings) -> Result<http2::SendRequest<H2Body>, ProxyError> {
-    let io = open(addr, settings.tls.as_deref(), settings.connect_timeout).await?;
+async fn connect_h2(addr: SocketAddr, transport: &Transport) -> Result<http2::SendRequest<H2Body>, ProxyError> {
+    let io = open(addr, transport).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(settings.connect_timeout.max(Duration::from_secs(5)))
+        .keep_alive_timeout(transport.connect_timeout.max(Duration::from_secs(5)))
         .handshake(TokioIo::new(io))
         .await
         .map_err(|source| ProxyError::Handshake { addr, source })?;

@@ -6,6 +6,8 @@
 //! wildcard hosts, or as host-less; inside a bucket, by the path's first segment. Only the few
 //! candidate lists a request can hit are scanned, each in priority order, stopping at the first hit.
 
+#![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
+
 pub mod pattern;
 
 use std::net::IpAddr;

@@ -1,13 +1,23 @@
-//! Client configurations for HTTPS to targets: verification against the system roots or a
-//! configured CA bundle, or none (`verify = false`, warned about), and ALPN by upstream protocol.
+//! Connections to targets, for traffic and health checks alike: TCP, then TLS when the group
+//! uses it ([`dial`]), and the client configurations for HTTPS to targets: verification against
+//! the system roots or a configured CA bundle, or none (`verify = false`, warned about), and ALPN
+//! by upstream protocol.
 
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::file::UpstreamProtocol;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::config::snapshot::UpstreamProtocol;
 
 /// How a target group talks TLS to its targets.
 #[derive(Debug, Clone)]
@@ -15,6 +25,87 @@ pub struct UpstreamTls {
     pub config: Arc<ClientConfig>,
     /// The name to send and verify; None = the target's IP address.
     pub server_name: Option<ServerName<'static>>,
+}
+
+/// A byte stream to a target: TCP, or TLS over it.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why [`dial`] failed.
+#[derive(Debug)]
+pub enum DialError {
+    Connect(io::Error),
+    Tls(io::Error),
+    /// TCP and TLS together took longer than the budget.
+    Timeout,
+}
+
+/// Opens a connection to `addr`: TCP within `timeout`, then TLS when `tls` is set (the whole
+/// handshake within the same budget).
+pub async fn dial(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<Stream, DialError> {
+    let work = async {
+        let stream = TcpStream::connect(addr).await.map_err(DialError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else { return Ok(Stream::Tcp(stream)) };
+        let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let s =
+            tokio_rustls::TlsConnector::from(tls.config.clone()).connect(name, stream).await.map_err(DialError::Tls)?;
+        Ok(Stream::Tls(Box::new(s)))
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or(Err(DialError::Timeout))
 }
 
 /// The system's trusted roots, loaded once.

@@ -232,7 +232,7 @@ pub async fn send<O: Outbound>(
     head_at: Instant,
 ) -> Result<Answered, ProxyError> {
     let group = &arm.group;
-    let settings = &group.settings;
+    let settings = &*arm.transport;
     let set = group.targets();
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let mut last_err: Option<ProxyError> = None;

@@ -35,7 +35,7 @@ use super::client::{self, Answered, Outbound, SendError, Sending};
 use super::encode::{self, OutFraming, RequestAdditions, ResponseEdits, Slices};
 use super::io::{self as hio, ClientIo, Timer};
 use super::parse::{self, BodyLen, Field, Limits, RequestHead, Version};
-use crate::config::file::UpstreamProtocol;
+use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::proxy::answer::Answer;
 use crate::proxy::error::ProxyError;
@@ -249,7 +249,7 @@ async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bo
             let arm = fw.choose();
             log.with(|r| r.target_group = Some(arm.group.name.clone()));
             let id = new_id.as_ref().map(|id| &id[..]);
-            match arm.group.settings.protocol {
+            match arm.transport.protocol {
                 UpstreamProtocol::Http1 => {
                     forward(io, &mut rbuf, &head, head_at, ctx, listener, arm, id, log, timer).await
                 }
@@ -637,7 +637,7 @@ async fn forward<S: ClientIo>(
     mut log: RequestLog,
     timer: &mut Timer<'_>,
 ) -> Next {
-    let settings = &arm.group.settings;
+    let settings = &*arm.transport;
     let limits = client::Limits {
         max_head_bytes: ctx.server.max_header_bytes,
         max_headers: ctx.server.max_headers,

@@ -14,9 +14,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use super::metrics::esc;
+use super::Control;
 use crate::balance::TargetState;
-use crate::control::Control;
+use crate::telemetry::metrics::esc;
 
 /// Serves the admin API on `listener` until the runtime stops.
 pub async fn serve(listener: TcpListener, control: Arc<Control>) {
@@ -83,7 +83,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
             let snap = state.load();
             let text = state.metrics.render(|out| {
                 out.push_str("# HELP pilotfish_targets Targets by group and state.\n# TYPE pilotfish_targets gauge\n");
-                for g in &snap.target_groups {
+                for g in snap.target_groups() {
                     let set = g.targets();
                     for s in TargetState::ALL {
                         let n = set.targets().iter().filter(|t| t.state() == s).count();
@@ -98,7 +98,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 out.push_str(
                     "# HELP pilotfish_target_group_fail_open 1 while a group has no healthy target and routes to its unhealthy ones.\n# TYPE pilotfish_target_group_fail_open gauge\n",
                 );
-                for g in &snap.target_groups {
+                for g in snap.target_groups() {
                     let fo = u8::from(g.is_fail_open());
                     let _ = writeln!(out, "pilotfish_target_group_fail_open{{target_group=\"{}\"}} {fo}", esc(&g.name));
                 }
@@ -115,8 +115,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
         (&Method::GET, "/targets") => {
             let snap = state.load();
             let groups: Vec<_> = snap
-                .target_groups
-                .iter()
+                .target_groups()
                 .map(|g| {
                     let set = g.targets();
                     let source = snap.discovery_of(&g.name).map_or("static", |d| d.source());
