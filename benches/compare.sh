@@ -18,7 +18,8 @@
 # fresh processes: N client connections each make one request and stay open; the proxy's resident
 # memory grows by "per conn".
 #
-# Pinning: wrk, h2load and the backends on CPU 0, each proxy on CPU 1. Before each measurement the
+# Pinning (-w 1): wrk, h2load and the backends on CPU 0, each proxy on CPU 1; with -w 2 or more
+# nothing is pinned. Before each measurement the
 # script waits (up to 30 s) for the machine to be quiet. For every measurement it reads, from /proc,
 # the user and the kernel CPU time of the proxy (its processes and threads) and divides by the
 # requests done: CPU per request, user and kernel apart. "other %" is CPU used during the run by
@@ -47,6 +48,14 @@ done
 [[ -x $BIN ]] || { echo "compare.sh: $BIN is missing: run 'make build'" >&2; exit 2; }
 (( $(nproc) >= 2 )) || { echo "compare.sh: needs 2 CPUs (load and backends on CPU 0, proxies on CPU 1)" >&2; exit 2; }
 [[ -n $OUT ]] || OUT=$(mktemp -d /tmp/pilotfish-compare.XXXXXX)
+# One worker: load and backends on CPU 0, the proxy alone on CPU 1. More workers: nothing is
+# pinned (every process may use every CPU), so a proxy can scale; wrk and h2load use as many
+# threads as the proxy has workers.
+if ((WORKERS == 1)); then
+  LOAD_CPUS=0 PROXY_CPUS=1 LOAD_THREADS=1
+else
+  LOAD_CPUS=0-$(($(nproc) - 1)) PROXY_CPUS=$LOAD_CPUS LOAD_THREADS=$WORKERS
+fi
 mkdir -p "$OUT"/{conf,logs,run/backend,run/nginx}
 CLK=$(getconf CLK_TCK)
 
@@ -193,10 +202,10 @@ algorithm = "round_robin"
 targets = ["127.0.0.1:$BP1", "127.0.0.1:$BP2"]
 C
 
-start backend 0 nginx -c "$OUT/conf/backend.conf" -e "$OUT/run/backend/error.log"
-start nginx 1 nginx -c "$OUT/conf/nginx.conf" -e "$OUT/run/nginx/error.log"
-start haproxy 1 haproxy -db -f "$OUT/conf/haproxy.cfg"
-start pilotfish 1 "$BIN" run -c "$OUT/conf/pilotfish.toml"
+start backend "$LOAD_CPUS" nginx -c "$OUT/conf/backend.conf" -e "$OUT/run/backend/error.log"
+start nginx "$PROXY_CPUS" nginx -c "$OUT/conf/nginx.conf" -e "$OUT/run/nginx/error.log"
+start haproxy "$PROXY_CPUS" haproxy -db -f "$OUT/conf/haproxy.cfg"
+start pilotfish "$PROXY_CPUS" "$BIN" run -c "$OUT/conf/pilotfish.toml"
 ready() {                     # name url: 200 within 10 s, or stop with the log
   local i
   for ((i = 0; i < 100; i++)); do
@@ -223,9 +232,9 @@ measure() {                   # peer tool args...
   [[ $peer != backend ]] && be0=$(session_ticks "${SID[backend]}")
   b0=$(busy_ticks); child_ticks >"$OUT/.c0"; c0=$(<"$OUT/.c0")
   if [[ $tool == wrk ]]; then
-    out=$(taskset -c 0 wrk -t1 -d"${DUR}s" --latency "$@" 2>&1)
+    out=$(taskset -c "$LOAD_CPUS" wrk -t"$LOAD_THREADS" -d"${DUR}s" --latency "$@" 2>&1)
   else
-    out=$(taskset -c 0 h2load -t1 -m1 -D"$DUR" "$@" 2>&1)
+    out=$(taskset -c "$LOAD_CPUS" h2load -t"$LOAD_THREADS" -m1 -D"$DUR" "$@" 2>&1)
   fi
   read -r p1 q1 < <(session_ticks "${SID[$peer]}")
   [[ $peer != backend ]] && be1=$(session_ticks "${SID[backend]}")

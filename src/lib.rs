@@ -12,6 +12,7 @@ pub mod demo;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod shard;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

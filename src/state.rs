@@ -4,7 +4,7 @@
 
 #![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -18,6 +18,9 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Debug)]
 pub struct SharedState {
     snapshot: ArcSwap<Snapshot>,
+    /// The generation of the published snapshot, stored after it (connections compare it to
+    /// the one they hold: [`crate::proxy::service::Current`]).
+    published: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// The access log sink (None when `format = "off"` at start-up).
     pub access_log: Option<AccessLog>,
@@ -52,6 +55,7 @@ impl SharedState {
         SharedState {
             connection_permits: Arc::new(Semaphore::new(first.server.max_connections)),
             permit_debt: AtomicUsize::new(0),
+            published: AtomicU64::new(first.generation),
             snapshot: ArcSwap::from_pointee(first),
             metrics,
             access_log,
@@ -107,6 +111,13 @@ impl SharedState {
         self.permit_debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1)).is_ok()
     }
 
+    /// The generation of the published snapshot (one load; the snapshot itself is published
+    /// before it).
+    #[inline]
+    pub fn published_generation(&self) -> u64 {
+        self.published.load(Ordering::Acquire)
+    }
+
     /// The current snapshot; a request keeps the one it started with.
     #[inline]
     pub fn load(&self) -> Arc<Snapshot> {
@@ -118,6 +129,7 @@ impl SharedState {
         let generation = snap.generation;
         self.metrics.generation.store(generation, Ordering::Relaxed);
         self.snapshot.store(Arc::new(snap));
+        self.published.store(generation, Ordering::Release);
         self.generation.send_replace(generation);
     }
 

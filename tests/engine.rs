@@ -487,7 +487,9 @@ async fn a_body_sent_with_its_head_reaches_the_target_whatever_the_heads_shape()
 async fn response_timeout_counts_from_the_request_sent_not_from_a_slow_head_or_a_trickling_answer() {
     // A client that takes longer than response_timeout to send its head still gets the answer.
     let target = Scripted::start(Vec::new(), false).await;
-    let lb = Lb::start(&config(target.addr, "response_timeout = \"400ms\""));
+    // One worker: the second client connection finds the target connection the first pooled.
+    let cfg = config(target.addr, "response_timeout = \"400ms\"");
+    let lb = Lb::start(&format!("[server]\nworker_threads = 1\n{cfg}"));
     // A pooled target connection, so the request goes out without a connect.
     assert!(exchange(lb.addr("web"), GET_CLOSE).await.starts_with("HTTP/1.1 200"));
     let mut s = TcpStream::connect(lb.addr("web")).await.unwrap();
@@ -556,7 +558,9 @@ async fn echo_target() -> std::net::SocketAddr {
                     .to_ascii_lowercase()
                     .contains("content-length: 10\r\n"));
                 let mut left = 10usize;
-                if c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.is_err() {
+                // One exchange per connection (said, so pilotfish does not pool it).
+                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+                if c.write_all(head).await.is_err() {
                     return;
                 }
                 let mut body = buf[head_end..].to_vec();

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::shard::Sharded;
+
 use super::target::{now_ms, Reason};
 use super::{pick, Algorithm, Target, TargetState};
 
@@ -149,7 +151,10 @@ pub struct TargetGroup {
     pub name: Arc<str>,
     pub settings: GroupSettings,
     set: ArcSwap<TargetSet>,
-    cursor: AtomicUsize,
+    /// The round-robin cursor, one per worker (as each nginx worker keeps its own): no cache
+    /// line passes between cores per pick. Worker `i` starts at target `i`, so workers that get
+    /// requests at the same time do not all send them to the same target.
+    cursor: Sharded<AtomicUsize>,
     /// Cursor for second picks (slow-start re-picks, fail-open), so they do not shift the
     /// round-robin order of first picks.
     alt_cursor: AtomicUsize,
@@ -168,7 +173,7 @@ impl TargetGroup {
             name,
             settings,
             set: ArcSwap::from_pointee(TargetSet::default()),
-            cursor: AtomicUsize::new(0),
+            cursor: Sharded::new_with(AtomicUsize::new),
             alt_cursor: AtomicUsize::new(0),
         };
         if let Some(p) = prev {
@@ -261,7 +266,7 @@ impl TargetGroup {
         let not_skipped = |t: &Target| !tried.iter().any(|s| std::ptr::eq(&**s, t));
         let alg = self.settings.algorithm;
         let healthy = |t: &Target| t.is_routable() && not_skipped(t);
-        if let Some(t) = pick(alg, set, &self.cursor, &healthy) {
+        if let Some(t) = pick(alg, set, self.cursor.local(), &healthy) {
             if !self.settings.slow_start.is_zero() {
                 if let Some(f) = t.slow_start_factor(self.settings.slow_start, now_ms()) {
                     if fastrand::f64() >= f {

@@ -1,4 +1,4 @@
-//! Round robin: a shared cursor advanced once per pick, skipping ineligible targets.
+//! Round robin: a cursor (the calling worker's) advanced once per pick, skipping ineligible targets.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -81,7 +81,7 @@ fn totals(state: &SharedState) -> Totals {
     }
     for (_, l) in m.listeners() {
         *t.lb.entry("NewConnectionCount").or_default() += l.connections_total.load(Ordering::Relaxed);
-        *t.lb.entry("ProcessedBytes").or_default() += l.processed_bytes.load(Ordering::Relaxed);
+        *t.lb.entry("ProcessedBytes").or_default() += l.processed_bytes.get();
     }
     t
 }

@@ -15,8 +15,8 @@ use crate::proxy::listener;
 use crate::proxy::workers::Workers;
 use crate::state::SharedState;
 
-/// A freshly bound listener socket: name, configured address, socket.
-type Bound = (Arc<str>, SocketAddr, std::net::TcpListener);
+/// A freshly bound listener: name, configured address, one socket per worker.
+type Bound = (Arc<str>, SocketAddr, Vec<std::net::TcpListener>);
 
 struct Running {
     bind: SocketAddr,
@@ -167,7 +167,7 @@ impl Control {
             if running.get(&l.name).is_some_and(|r| r.bind == l.bind) {
                 continue;
             }
-            match listener::bind(l.bind) {
+            match listener::bind(l.bind, self.workers.len()) {
                 Ok(sock) => bound.push((l.name.clone(), l.bind, sock)),
                 Err(e) => errors.push(format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind)),
             }
@@ -181,11 +181,19 @@ impl Control {
 
     fn start(&self, bound: Vec<Bound>) {
         let mut running = self.listeners.lock().expect("listener table");
-        for (name, bind, sock) in bound {
-            let local = sock.local_addr().unwrap_or(bind);
+        for (name, bind, sockets) in bound {
+            let local = sockets.first().and_then(|s| s.local_addr().ok()).unwrap_or(bind);
             let (stop, stop_rx) = watch::channel(false);
-            let accept = listener::accept_loop(self.state.clone(), self.workers.clone(), name.clone(), sock, stop_rx);
-            self.workers.first().spawn(accept);
+            for (sock, worker) in sockets.into_iter().zip(self.workers.handles()) {
+                let accept = listener::accept_loop(
+                    self.state.clone(),
+                    self.workers.clone(),
+                    name.clone(),
+                    sock,
+                    stop_rx.clone(),
+                );
+                worker.spawn(accept);
+            }
             tracing::info!(listener = %name, %local, "listening");
             if let Some(old) = running.insert(name, Running { bind, local, stop }) {
                 let _ = old.stop.send(true);

@@ -241,7 +241,7 @@ impl RespBody {
     fn count(&mut self, n: usize) {
         self.log.add_bytes_out(n as u64);
         if let Some(s) = &self.stats {
-            s.processed_bytes.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            s.processed_bytes.add(n as u64);
         }
     }
 

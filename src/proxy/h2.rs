@@ -178,7 +178,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         }
     };
     let mut resp = resp;
-    listener.stats.processed_bytes.fetch_add(declared.unwrap_or(0), Ordering::Relaxed);
+    listener.stats.processed_bytes.add(declared.unwrap_or(0));
     resp.body_mut().count_into(listener.stats.clone());
     resp.body_mut().log_on_end(log);
     Ok(resp)
@@ -826,7 +826,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     }
     .await;
     log.add_bytes_out(total);
-    listener.stats.processed_bytes.fetch_add(total + sent_body, Ordering::Relaxed);
+    listener.stats.processed_bytes.add(total + sent_body);
     match relayed {
         Ok(()) => {
             log.finish(None);

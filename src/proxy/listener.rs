@@ -1,5 +1,6 @@
-//! Listeners: binding (SO_REUSEADDR, TCP_NODELAY), the accept loop with the connection limit,
-//! and each connection's start: TLS (bounded by `header_read_timeout`), then the HTTP version —
+//! Listeners: binding (one `SO_REUSEPORT` socket per worker, so the kernel spreads new
+//! connections over the workers and each is accepted where it is served), the accept loop with
+//! the connection limit, and each connection's start: TLS (bounded by `header_read_timeout`), then the HTTP version —
 //! ALPN for TLS, for plaintext the first bytes (the HTTP/2 preface is `PRI `, which no
 //! HTTP/1.1 method is) — and the server for it: pilotfish's HTTP/1.1 engine
 //! ([`super::h1::server`]) or hyper's HTTP/2 server ([`super::h2`]). Timeouts (idle,
@@ -25,25 +26,40 @@ use super::forward::ClientInfo;
 use super::h1::buf::Buf;
 use super::h2::Handler;
 use super::service::ConnCtx;
-use super::workers::{current_index, Workers};
+use super::workers::Workers;
 use crate::state::SharedState;
 use crate::telemetry::metrics::ListenerStats;
 
-/// Binds a listening socket with `SO_REUSEADDR` (restarts do not wait for TIME_WAIT).
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket =
-        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+/// Binds `count` listening sockets on `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`: restarts
+/// do not wait for TIME_WAIT), one per worker: the kernel hashes each new connection to one of
+/// them. With port 0 the first socket picks the port and the others join it.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
+    for _ in 0..count.max(1) {
+        let at = sockets.first().map_or(Ok(addr), |s| s.local_addr())?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if at.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(4096)?;
+        sockets.push(socket.into());
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
+    Ok(sockets)
 }
 
-/// Accepts connections on `listener` until `stop` turns true, each served on the least busy worker.
+/// Accepts connections on `listener`, this worker's socket of listener `name`, until `stop`
+/// turns true, and serves each here. Above `max_connections` a loop holds the one connection
+/// it accepted until a permit frees (it is not read, so to the client it is like waiting in
+/// the backlog); accepting first means an idle worker's loop never sits on a permit that a
+/// busy worker's clients are waiting for.
 pub async fn accept_loop(
     state: Arc<SharedState>,
     workers: Arc<Workers>,
@@ -60,48 +76,34 @@ pub async fn accept_loop(
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     loop {
-        // Above max_connections, stop accepting (the kernel backlog holds new clients).
-        let permit = tokio::select! {
-            p = state.connection_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
-        };
-        if state.owes_permit() {
-            // max_connections was lowered: this permit is withdrawn, not used.
-            permit.forget();
-            continue;
-        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => return,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let Some((ctx, tls)) = context(&state, &name, port, peer, &stop) else { continue };
-                let (worker, handle, open) = workers.assign();
-                let held = Held { stats: ctx.accepted_with.stats.clone(), _permit: permit, _open: open };
-                if worker == current_index() {
-                    tokio::spawn(serve_connection(ctx, Accepted::Tokio(stream), tls, held));
-                    continue;
-                }
-                // Another worker's runtime: the socket moves over to its reactor there.
-                match stream.into_std() {
-                    Ok(s) => drop(handle.spawn(serve_connection(ctx, Accepted::Std(s), tls, held))),
-                    Err(e) => tracing::debug!(listener = %name, error = %e, "cannot hand a connection to a worker"),
-                }
-            }
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 // EMFILE/ENFILE and friends: back off instead of spinning.
                 tracing::warn!(listener = %name, error = %e, "accept failed; backing off");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        let permit = loop {
+            let p = tokio::select! {
+                p = state.connection_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = stop.changed() => return,
+            };
+            if !state.owes_permit() {
+                break p;
+            }
+            // max_connections was lowered: this permit is withdrawn, not used.
+            p.forget();
+        };
+        let Some((ctx, tls)) = context(&state, &name, port, peer, &stop) else { continue };
+        let held = Held { stats: ctx.accepted_with.stats.clone(), _permit: permit, _open: workers.open_here() };
+        tokio::spawn(serve_connection(ctx, stream, tls, held));
     }
-}
-
-/// An accepted socket: on the accepting worker's reactor, or to be moved to another's.
-enum Accepted {
-    Tokio(TcpStream),
-    Std(std::net::TcpStream),
 }
 
 /// What a connection holds while it lives: its place under `max_connections`, its count on
@@ -146,14 +148,7 @@ fn context(
     Some((Arc::new(ctx), tls))
 }
 
-async fn serve_connection(ctx: Arc<ConnCtx>, stream: Accepted, tls: Option<Arc<rustls::ServerConfig>>, held: Held) {
-    let stream = match stream {
-        Accepted::Tokio(s) => s,
-        Accepted::Std(s) => match TcpStream::from_std(s) {
-            Ok(s) => s,
-            Err(_) => return,
-        },
-    };
+async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, held: Held) {
     let _ = stream.set_nodelay(true);
     let closing = closing(ctx.stop.clone());
     tokio::pin!(closing);

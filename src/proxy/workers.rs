@@ -2,8 +2,8 @@
 //! runs worker processes. A connection lives on one worker from accept to close, and so do the
 //! target connections its requests use (the upstream pool is sharded per worker): no
 //! work-stealing bookkeeping and no cross-thread wake-ups on the request path. Each listener has
-//! one accept loop (on worker 0); it hands every accepted connection to the worker with the fewest
-//! open connections.
+//! one socket and accept loop per worker (`SO_REUSEPORT`, see [`super::listener`]): a connection
+//! is accepted on the worker that serves it.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,9 +41,9 @@ impl Workers {
         self.handles.is_empty()
     }
 
-    /// Worker 0's runtime: where the accept loops run.
-    pub fn first(&self) -> &Handle {
-        &self.handles[0]
+    /// Every worker's runtime, by index.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
     }
 
     /// Open client connections per worker.
@@ -51,11 +51,11 @@ impl Workers {
         self.open.iter().map(|n| n.load(Ordering::Relaxed))
     }
 
-    /// The worker with the fewest open connections, counted as open until the guard drops.
-    pub fn assign(self: &Arc<Self>) -> (usize, &Handle, OpenGuard) {
-        let i = (0..self.open.len()).min_by_key(|&i| self.open[i].load(Ordering::Relaxed)).unwrap_or(0);
-        self.open[i].fetch_add(1, Ordering::Relaxed);
-        (i, &self.handles[i], OpenGuard { workers: self.clone(), index: i })
+    /// Counts a connection as open on the calling worker until the guard drops.
+    pub fn open_here(self: &Arc<Self>) -> OpenGuard {
+        let index = current_index().min(self.open.len() - 1);
+        self.open[index].fetch_add(1, Ordering::Relaxed);
+        OpenGuard { workers: self.clone(), index }
     }
 }
 
@@ -90,6 +90,7 @@ impl WorkerThreads {
             stops.push(stop);
             threads.push(std::thread::Builder::new().name(format!("pilotfish-worker-{index}")).spawn(move || {
                 INDEX.with(|i| i.set(index));
+                crate::shard::enter_worker(index);
                 let _ = rt.block_on(stopped);
                 rt.shutdown_background();
             })?);

@@ -12,68 +12,84 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::shard::{Counter, Sharded};
+
 /// Histogram bucket upper bounds in seconds (ALB-ish latency range).
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// A lock-free latency histogram.
+/// One worker's share of a [`Histogram`].
 #[derive(Debug, Default)]
-pub struct Histogram {
+struct HistogramShard {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
+}
+
+/// A lock-free latency histogram, sharded per worker ([`crate::shard`]): an observation touches
+/// only the calling worker's cache lines; readers sum the shards.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    shards: Sharded<HistogramShard>,
 }
 
 impl Histogram {
     /// Records one observation.
     #[inline]
     pub fn observe(&self, d: Duration) {
+        let h = self.shards.local();
         let secs = d.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            h.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Number of observations.
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.shards.iter().map(|h| h.count.load(Ordering::Relaxed)).sum()
     }
 
-    /// Cumulative per-bucket counts (upper bounds in [`BUCKETS`], then +Inf), count and sum in µs.
+    /// Per-bucket counts (not cumulative; upper bounds in [`BUCKETS`], then +Inf), count and sum
+    /// in µs, summed over the shards.
     pub fn snapshot(&self) -> ([u64; BUCKETS.len() + 1], u64, u64) {
-        let mut b = [0u64; BUCKETS.len() + 1];
-        for (i, c) in self.buckets.iter().enumerate() {
-            b[i] = c.load(Ordering::Relaxed);
+        let (mut b, mut count, mut sum) = ([0u64; BUCKETS.len() + 1], 0, 0);
+        for h in self.shards.iter() {
+            // Count first: an observation landing meanwhile is in a bucket, never missing from
+            // one while counted (+Inf stays >= 0).
+            count += h.count.load(Ordering::Relaxed);
+            for (i, c) in h.buckets.iter().enumerate() {
+                b[i] += c.load(Ordering::Relaxed);
+            }
+            sum += h.sum_micros.load(Ordering::Relaxed);
         }
-        let count = self.count();
         b[BUCKETS.len()] = count.saturating_sub(b[..BUCKETS.len()].iter().sum());
-        (b, count, self.sum_micros.load(Ordering::Relaxed))
+        (b, count, sum)
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let (b, count, sum) = self.snapshot();
         let mut cum = 0;
-        for (b, c) in BUCKETS.iter().zip(&self.buckets) {
-            cum += c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+        for (bound, c) in BUCKETS.iter().zip(&b) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cum}");
         }
-        let count = self.count();
+        let count = count.max(cum);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 / 1e6);
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
 
-/// Response counts by status code for one (listener, target group) pair.
+/// Response counts by status code for one (listener, target group) pair, sharded per worker.
 #[derive(Debug)]
 pub struct CodeCounters {
-    codes: Box<[AtomicU64]>,
+    shards: Sharded<Box<[AtomicU64]>>,
 }
 
 impl Default for CodeCounters {
     fn default() -> Self {
-        CodeCounters { codes: (0..600).map(|_| AtomicU64::new(0)).collect() }
+        CodeCounters { shards: Sharded::new_with(|_| (0..600).map(|_| AtomicU64::new(0)).collect()) }
     }
 }
 
@@ -81,19 +97,19 @@ impl CodeCounters {
     /// Counts one response with `status`.
     #[inline]
     pub fn inc(&self, status: u16) {
-        if let Some(c) = self.codes.get(status as usize) {
+        if let Some(c) = self.shards.local().get(status as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Responses counted with `status`.
     pub fn get(&self, status: u16) -> u64 {
-        self.codes.get(status as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.shards.iter().map(|s| s.get(status as usize).map_or(0, |c| c.load(Ordering::Relaxed))).sum()
     }
 
     /// Sum over all codes.
     pub fn total(&self) -> u64 {
-        self.codes.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.shards.iter().flat_map(|s| s.iter()).map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -114,7 +130,7 @@ pub struct ListenerStats {
     pub active_connections: AtomicI64,
     pub connections_total: AtomicU64,
     /// Request and response body bytes (ALB's ProcessedBytes, without headers).
-    pub processed_bytes: AtomicU64,
+    pub processed_bytes: Counter,
     pub tls_handshake_errors: AtomicU64,
     pub request_duration: Histogram,
 }

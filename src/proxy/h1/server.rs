@@ -21,7 +21,6 @@ use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::ops::Range;
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::proxy::answer::Answer;
 use crate::proxy::error::ProxyError;
-use crate::proxy::service::{count_answer, redirect_location, ConnCtx, LogFields, RequestLog};
+use crate::proxy::service::{count_answer, redirect_location, ConnCtx, Current, LogFields, RequestLog};
 use crate::proxy::upstream::{self, Stream};
 use crate::routing::{normalize_host, HeaderLookup, RequestView};
 use crate::telemetry::metrics::ListenerStats;
@@ -68,6 +67,7 @@ pub async fn serve<S: ClientIo, C: Future<Output = ()> + Send>(
     let idle = ctx.server.idle_timeout;
     let sleep = pin!(tokio::time::sleep(idle));
     let mut timer = Timer::new(sleep);
+    let mut current = Current::new(ctx);
     loop {
         if carry.as_ref().is_none_or(Buf::is_empty) {
             carry = None;
@@ -76,7 +76,8 @@ pub async fn serve<S: ClientIo, C: Future<Output = ()> + Send>(
             }
         }
         let buf = carry.take().expect("bytes of a request");
-        match Box::pin(exchange(&mut io, buf, ctx, first, &mut timer)).await {
+        current.refresh(ctx);
+        match Box::pin(exchange(&mut io, buf, ctx, &current, first, &mut timer)).await {
             Next::KeepAlive(rest) => carry = rest,
             Next::Close { linger } => {
                 hio::close(&mut io, linger).await;
@@ -184,18 +185,24 @@ async fn read_head<S: ClientIo>(
 }
 
 /// One request: read, route, answer or forward, account.
-async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bool, timer: &mut Timer<'_>) -> Next {
+async fn exchange<S: ClientIo>(
+    io: &mut S,
+    mut rbuf: Buf,
+    ctx: &ConnCtx,
+    current: &Current,
+    h2c: bool,
+    timer: &mut Timer<'_>,
+) -> Next {
     let started = Instant::now();
     rbuf.compact_to(0);
     let (head, head_at) = match read_head(io, &mut rbuf, ctx, h2c, timer, started).await {
         Ok(h) => h,
         Err(NoHead::Gone) => return Next::Close { linger: false },
         Err(NoHead::Http2) => return Next::Http2(rbuf),
-        Err(NoHead::Refused(e)) => return refuse_head(io, &rbuf, ctx, e, started, timer).await,
+        Err(NoHead::Refused(e)) => return refuse_head(io, &rbuf, ctx, current, e, started, timer).await,
     };
     rbuf.rewind_to(head.end as usize);
-    let snap = ctx.state.load();
-    let listener = ctx.listener(&snap);
+    let (snap, listener) = (&*current.snap, &current.listener);
     let data = rbuf.data();
     let authority = head.authority_str(data);
     let host = normalize_host(authority);
@@ -211,7 +218,7 @@ async fn exchange<S: ClientIo>(io: &mut S, mut rbuf: Buf, ctx: &ConnCtx, h2c: bo
         headers: &FieldView { data, fields: head.fields.all() },
     });
     let new_id = head.request_id.is_none().then(|| crate::proxy::forward::new_request_id_at(started.into_std()));
-    let mut log = RequestLog::start(ctx, &snap, started.into_std(), || LogFields {
+    let mut log = RequestLog::start(ctx, snap, started.into_std(), || LogFields {
         method: std::str::from_utf8(head.method(data)).unwrap_or(""),
         host: authority,
         path_and_query: std::str::from_utf8(head.target.of(data)).unwrap_or(""),
@@ -273,18 +280,18 @@ async fn refuse_head<S: ClientIo>(
     io: &mut S,
     rbuf: &Buf,
     ctx: &ConnCtx,
+    current: &Current,
     e: ProxyError,
     started: Instant,
     timer: &mut Timer<'_>,
 ) -> Next {
-    let snap = ctx.state.load();
-    let listener = ctx.listener(&snap);
+    let (snap, listener) = (&*current.snap, &current.listener);
     let a = Answer::error(&e, false);
     count_answer(&a, &listener.own_codes, None);
     tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, client = %ctx.client.addr, reason = e.reason(), "request refused");
     // The log names what can be read of the request line.
     let (method, target) = request_line_guess(rbuf.filled());
-    let mut log = RequestLog::start(ctx, &snap, started.into_std(), || LogFields {
+    let mut log = RequestLog::start(ctx, snap, started.into_std(), || LogFields {
         method,
         host: "",
         path_and_query: target,
@@ -805,7 +812,7 @@ async fn relay<S: ClientIo>(
     }
     match ended {
         Ok((bytes, read_more)) => {
-            stats.processed_bytes.fetch_add(bytes + out.sent, Ordering::Relaxed);
+            stats.processed_bytes.add(bytes + out.sent);
             // The body may have been finished while the response was relayed.
             let body_sent = sending == Sending::Done;
             let reusable = body_sent && !resp.close && body_len != BodyLen::Close && tbuf.is_empty();
