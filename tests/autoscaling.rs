@@ -5,7 +5,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::aws::{aws_env, Moto};
 use common::*;
@@ -74,7 +76,7 @@ fn desired(moto: &Moto) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_metrics_add_up_to_the_requests_sent() {
     aws_env();
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     let be = Backend::start("be").await;
     let lb = Lb::start(&base(&moto.endpoint(), &be, ""));
     let c = client();
@@ -107,7 +109,7 @@ async fn published_metrics_add_up_to_the_requests_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_scales_out_under_load_and_back_in_after_the_cooldown() {
     aws_env();
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     moto.seed(json!({"op": "ecs_simple_service", "cluster": "prod", "service": "api", "desired": 2}));
     let be = Backend::start("be").await;
     let scaling = r#"
@@ -124,17 +126,22 @@ scale_in_cooldown = "2s"
 "#;
     let lb = Lb::start(&base(&moto.endpoint(), &be, scaling));
     // ~50 requests/s to one target = ~3000/min per target against a target of 600: scale out,
-    // clamped to max = 4.
+    // clamped to max = 4. The load runs until the scale-out is seen (not for a fixed time).
     let url = lb.url("web", "/load");
-    let load = tokio::spawn(async move {
-        let c = client();
-        let until = Instant::now() + Duration::from_secs(6);
-        while Instant::now() < until {
-            let _ = get(&c, &url).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let loading = Arc::new(AtomicBool::new(true));
+    let load = {
+        let loading = loading.clone();
+        tokio::spawn(async move {
+            let c = client();
+            while loading.load(Ordering::Relaxed) {
+                let _ = get(&c, &url).await;
+                // Paces the load (the request rate is the input under test), not a wait.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     wait_until("scale-out to max = 4", || desired(&moto) == 4).await;
+    loading.store(false, Ordering::Relaxed);
     load.await.unwrap();
     // No load: scale in, at most halving per step, down to min = 1.
     wait_until("scale-in to min = 1", || desired(&moto) == 1).await;
@@ -156,7 +163,7 @@ scale_in_cooldown = "2s"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_metrics_never_scale_in() {
     aws_env();
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     moto.seed(json!({"op": "ecs_simple_service", "cluster": "prod", "service": "api", "desired": 3}));
     let be = Backend::start("be").await;
     // No request reaches "api", so CloudWatch has no TargetResponseTime: no data, no change.
@@ -202,26 +209,25 @@ period = "1s"
     for _ in 0..5 {
         assert_eq!(get(&c, &lb.url("web", "/x")).await.status.as_u16(), 200, "traffic is unaffected");
     }
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = get(&c, &lb.admin("/metrics")).await.body;
+    let metrics = || async { get(&c, &lb.admin("/metrics")).await.body };
+    let both_counted = poll_until(WAIT, Duration::from_millis(200), || async {
+        let m = metrics().await;
         let publish_errors = m.contains("pilotfish_cloudwatch_publish_errors_total")
             && !m.contains("pilotfish_cloudwatch_publish_errors_total 0");
         let scaling_errors =
             m.contains("pilotfish_autoscaling_actions_total{target_group=\"api\",direction=\"error\"}");
-        if publish_errors && scaling_errors {
-            assert!(!m.contains("direction=\"out\"") && !m.contains("direction=\"in\""), "{m}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        publish_errors && scaling_errors
+    })
+    .await;
+    let m = metrics().await;
+    assert!(both_counted, "publish and scaling errors are counted: {m}");
+    assert!(!m.contains("direction=\"out\"") && !m.contains("direction=\"in\""), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_autoscaling_mode_registers_the_documented_policy() {
     aws_env();
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     moto.seed(json!({"op": "ecs_simple_service", "cluster": "prod", "service": "api", "desired": 2}));
     let be = Backend::start("be").await;
     let scaling = r#"

@@ -108,9 +108,10 @@ async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
             be.addr
         ),
     );
-    let mut p = Proc::run(&cfg);
+    let mut p = Proc::run(&cfg).await;
+    let web = p.addr("web");
     let c = client();
-    let r = get(&c, &format!("http://{}/hello", p.web)).await;
+    let r = get(&c, &format!("http://{web}/hello")).await;
     assert_eq!((r.status.as_u16(), r.backend()), (200, "be"));
 
     let hc = Command::new(BIN).arg("healthcheck").arg(format!("http://{}/readyz", p.admin)).status().unwrap();
@@ -119,7 +120,7 @@ async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
     assert!(!hc.success(), "healthcheck fails on a 404");
 
     let slow = {
-        let (c, url) = (c.clone(), format!("http://{}/slow", p.web));
+        let (c, url) = (c.clone(), format!("http://{web}/slow"));
         tokio::spawn(async move { get_with(&c, &url, &[("x-delay-ms", "1000")]).await })
     };
     assert!(eventually(Duration::from_secs(5), || be.requests() == 2).await);

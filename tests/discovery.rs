@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::aws::{aws_env, Moto};
 use common::*;
@@ -45,7 +45,7 @@ fn set(addrs: &[&Backend]) -> HashSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_map_instances_get_traffic_drain_and_survive_an_outage() {
     aws_env();
-    let mut moto = Moto::start();
+    let mut moto = Moto::start().await;
     let (a, b, c) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
     let ids = moto.seed(json!({"op": "cloud_map_service", "namespace": "prod.local", "service": "api"}));
     let sid = ids["service_id"].as_str().unwrap().to_string();
@@ -101,17 +101,11 @@ cloud_map = {{ namespace = "prod.local", service = "api", refresh = "200ms" }}
 
     // Outage: the last known targets keep serving and the errors are counted.
     moto.stop();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = get(&cl, &lb.admin("/metrics")).await.body;
-        if m.lines()
-            .any(|l| l.starts_with("pilotfish_discovery_errors_total{target_group=\"api\"}") && !l.ends_with(" 0"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no discovery error counted:\n{m}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let counted = wait_metrics_at(lb.server.admin_addr(), WAIT, |l| {
+        l.starts_with("pilotfish_discovery_errors_total{target_group=\"api\"}") && !l.ends_with(" 0")
+    })
+    .await;
+    assert!(counted, "no discovery error counted:\n{}", get(&cl, &lb.admin("/metrics")).await.body);
     for _ in 0..5 {
         let r = get(&cl, &lb.url("web", "/")).await;
         assert_eq!((r.status.as_u16(), r.backend()), (200, "c"), "last known targets serve during the outage");
@@ -119,7 +113,7 @@ cloud_map = {{ namespace = "prod.local", service = "api", refresh = "200ms" }}
     assert_eq!(addresses(&lb, "api").await, set(&[&c]));
 
     // moto is back (empty): once seeded again, updates resume.
-    moto.restart();
+    moto.restart().await;
     let ids = moto.seed(json!({"op": "cloud_map_service", "namespace": "prod.local", "service": "api"}));
     let sid = ids["service_id"].as_str().unwrap();
     moto.seed(
@@ -156,22 +150,22 @@ cloud_map = {{ namespace = "prod.local", service = "api", refresh = "200ms" }}
     let r = get(&c, &lb.admin("/readyz")).await;
     assert_eq!(r.status.as_u16(), 200);
     assert!(r.body.contains("empty target groups: api"), "{}", r.body);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let t: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/targets")).await.body).unwrap();
-        if let Some(err) = t["target_groups"][0]["discovery_error"].as_str() {
-            assert!(err.starts_with("DiscoverInstances failed"), "{err}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "{t}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let targets =
+        || async { serde_json::from_str::<serde_json::Value>(&get(&c, &lb.admin("/targets")).await.body).unwrap() };
+    let reported = poll_until(WAIT, Duration::from_millis(50), || async {
+        targets().await["target_groups"][0]["discovery_error"].is_string()
+    })
+    .await;
+    let t = targets().await;
+    assert!(reported, "no discovery_error: {t}");
+    let err = t["target_groups"][0]["discovery_error"].as_str().unwrap();
+    assert!(err.starts_with("DiscoverInstances failed"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_running_tasks_become_targets_in_batches_and_stopped_ones_leave() {
     aws_env();
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     let seeded =
         moto.seed(json!({"op": "ecs_service", "cluster": "prod", "service": "api", "port": 8080, "tasks": 105}));
     let tasks = seeded["tasks"].as_array().unwrap().clone();

@@ -174,11 +174,11 @@ async fn slow_start_ramps_a_new_targets_share_with_least_outstanding_requests() 
     assert!(wait_state(&lb, "g", a.addr, "healthy", WAIT).await);
     assert!(wait_state(&lb, "g", b.addr, "unhealthy", WAIT).await);
     // "a" ramps too after its first pass; wait until it is done so only "b" is new.
-    let deadline = Instant::now() + WAIT;
-    while !target_entry(&lb, "g", a.addr).await.unwrap()["slow_start_share"].is_null() {
-        assert!(Instant::now() < deadline, "a never left slow start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let a_ramped = poll_until(WAIT, Duration::from_millis(20), || async {
+        target_entry(&lb, "g", a.addr).await.unwrap()["slow_start_share"].is_null()
+    })
+    .await;
+    assert!(a_ramped, "a never left slow start");
     b.set_health(200);
     assert!(wait_state(&lb, "g", b.addr, "healthy", WAIT).await);
     let share = target_entry(&lb, "g", b.addr).await.unwrap()["slow_start_share"].as_f64().unwrap();
@@ -238,11 +238,9 @@ async fn draining_lets_in_flight_finish_while_new_requests_avoid_the_target() {
     for h in slow {
         assert_eq!(h.await.unwrap().status.as_u16(), 200, "in-flight requests finish");
     }
-    let deadline = Instant::now() + WAIT;
-    while target_entry(&lb, "g", b.addr).await.is_some() {
-        assert!(Instant::now() < deadline, "b is removed once idle");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let removed =
+        poll_until(WAIT, Duration::from_millis(10), || async { target_entry(&lb, "g", b.addr).await.is_none() }).await;
+    assert!(removed, "b is removed once idle");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -31,23 +32,57 @@ targets = ["{}"]
 }
 
 /// Sends raw bytes and reads until the server closes (bounded by 10 s).
-async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut s = send_in_pieces(addr, &[bytes]).await;
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
     read_to_close(&mut s).await
 }
 
-/// Connects and sends each piece as its own segment, 100 ms apart (on purpose: the server is to
-/// see them in separate reads).
-async fn send_in_pieces(addr: std::net::SocketAddr, pieces: &[&[u8]]) -> TcpStream {
+/// Connects and sends `pieces` so that the server reads each one on its own: a piece is written
+/// only once the server has read every byte before it (see [`read_by_server`]), so no read can
+/// return bytes of two pieces.
+async fn send_in_reads(addr: SocketAddr, pieces: &[&[u8]]) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     for (i, piece) in pieces.iter().enumerate() {
         if i > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(read_by_server(&s).await, "the server never read {:?}", String::from_utf8_lossy(pieces[i - 1]));
         }
         s.write_all(piece).await.unwrap();
     }
     s
+}
+
+/// Waits (bounded) until everything written on `s` has been read by the application at the
+/// other end: the kernel acknowledged all of it (our send queue is empty) and the server's
+/// socket has nothing left to read (its receive queue is empty). Both queues are in
+/// `/proc/net/tcp` (Linux), which lists the server's end of the connection too.
+async fn read_by_server(s: &TcpStream) -> bool {
+    let (ours, theirs) = (s.local_addr().unwrap(), s.peer_addr().unwrap());
+    poll_until(Duration::from_secs(5), Duration::from_millis(1), || {
+        let q = (tcp_queues(ours, theirs), tcp_queues(theirs, ours));
+        std::future::ready(matches!(q, (Some((0, _)), Some((_, 0)))))
+    })
+    .await
+}
+
+/// The (send, receive) queue lengths of the IPv4 socket `local` connected to `remote`.
+fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    // The kernel prints an address as its 32 bits in host order, then the port.
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port()),
+        SocketAddr::V6(_) => unreachable!("the tests listen on 127.0.0.1"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(1) != Some(&local.as_str()) || f.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((u64::from_str_radix(tx, 16).ok()?, u64::from_str_radix(rx, 16).ok()?))
+    })
 }
 
 /// Reads until the server closes (bounded by 10 s).
@@ -236,23 +271,32 @@ async fn a_preface_sent_in_pieces_is_http2_and_a_slow_first_byte_is_a_slow_head(
     let lb = Lb::start(&config(&be, "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\""));
     let addr = lb.addr("web");
 
-    // An h2c client whose first segment is two bytes of the preface, idle longer than the head
-    // timeout before its first request: HTTP/2 is framed, only the idle timeout applies to it.
-    let mut s = send_in_pieces(addr, &[b"PR", b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"]).await;
-    // Idle on purpose: twice the head timeout.
+    // An h2c client whose first read is two bytes of the preface (the split is the point: the
+    // protocol is decided on too few bytes to tell), idle longer than the head timeout before its
+    // first request: HTTP/2 is framed, only the idle timeout applies to it.
+    let mut s = send_in_reads(addr, &[b"PR", b"I * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"]).await;
+    // Idle on purpose (the behaviour under test): twice the head timeout.
     tokio::time::sleep(Duration::from_millis(600)).await;
     // HEADERS, stream 1, END_STREAM | END_HEADERS: :method GET, :scheme http, :path / (static table).
     s.write_all(&[0, 0, 3, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84]).await.unwrap();
     assert_eq!(h2_response_start(&mut s, 1).await, Some(0x88), ":status 200 on stream 1");
     assert_eq!(be.requests(), 1);
 
-    // An HTTP/1.1 head whose method arrives in pieces is still checked from its first byte.
+    // An HTTP/1.1 head whose first read is a byte that could start the preface is still
+    // checked, and from its first byte: refused when malformed, forwarded with its method whole.
     let mut s =
-        send_in_pieces(addr, &[b"P", b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"])
+        send_in_reads(addr, &[b"P", b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"])
             .await;
     let resp = read_to_close(&mut s).await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
     assert_eq!(be.requests(), 1, "the refused request never reached the target");
+    let mut s =
+        send_in_reads(addr, &[b"P", b"OST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"])
+            .await;
+    let resp = read_to_close(&mut s).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    let seen = be.last();
+    assert_eq!((seen.method.as_str(), seen.uri.as_str(), &seen.body[..]), ("POST", "/p", &b"x"[..]));
 
     // One byte that could start the preface, then silence: a slow head, not an HTTP/2 connection.
     let started = Instant::now();

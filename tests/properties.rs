@@ -1,6 +1,7 @@
 //! Property tests: the wildcard matcher agrees with a naive reference, the rule index finds the
-//! same rule as a linear scan in priority order, the config compiler never panics, and the
-//! HTTP/1.1 engine parses the same bytes the same way however they are split into reads.
+//! same rule as a linear scan in priority order, the config compiler never panics and locates
+//! each error at its cause, and the HTTP/1.1 engine parses the same bytes the same way however
+//! they are split into reads.
 
 use http::{HeaderMap, Method};
 use pilotfish::config::{compile, CompileInput};
@@ -125,17 +126,175 @@ proptest! {
         let cut = (0..=cut).rev().find(|&i| base.is_char_boundary(i)).unwrap_or(0);
         let text = format!("{}{}{}", &base[..cut], insert, &base[cut..]);
         let m = Metrics::default();
-        if let Err(d) = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None }) {
-            // Every error is located inside the text: on one of its lines (or just after the
-            // last), at a column of that line (or just after its end).
-            let lines: Vec<&str> = text.split('\n').collect();
-            for e in &d.0 {
-                prop_assert_eq!(&e.file, "p.toml");
-                prop_assert!(e.line >= 1 && e.line <= lines.len(), "{} (of {} lines)", e, lines.len());
-                let width = lines[e.line - 1].chars().count();
-                prop_assert!(e.col >= 1 && e.col <= width + 1, "{} (line of {} chars)", e, width);
-            }
+        let _ = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None });
+    }
+}
+
+/// The tables of a generated config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Server,
+    Listener,
+    Group,
+    /// The one rule, written as an inline table on one line (`rules = [{ ... }]`) whose first
+    /// key holds non-ASCII text: columns count characters, not bytes.
+    Rule,
+}
+
+use Table::*;
+
+/// Every key of the generated config, with a valid value.
+const KEYS: &[(Table, &str, &str)] = &[
+    (Server, "admin_bind", "\"127.0.0.1:0\""),
+    (Server, "max_header_bytes", "16384"),
+    (Server, "max_uri_bytes", "8192"),
+    (Server, "max_headers", "100"),
+    (Server, "max_connections", "1000"),
+    (Server, "idle_timeout", "\"60s\""),
+    (Listener, "name", "\"web\""),
+    (Listener, "bind", "\"127.0.0.1:0\""),
+    (Group, "name", "\"g\""),
+    (Group, "algorithm", "\"round_robin\""),
+    (Group, "targets", "[\"127.0.0.1:8080\"]"),
+    (Group, "slow_start", "\"30s\""),
+    (Group, "deregistration_delay", "\"5s\""),
+    (Rule, "name", "\"r\""),
+    (Rule, "listeners", "[\"web\"]"),
+    (Rule, "priority", "1"),
+    (Rule, "path", "[\"/x\"]"),
+    (Rule, "method", "[\"GET\"]"),
+    (Rule, "source_ip", "[\"10.0.0.0/8\"]"),
+];
+
+/// One thing wrong: (table, key, bad value, the text the error must be located at). A key that
+/// is not in [`KEYS`] is added (an unknown key); the others get the bad value instead of theirs.
+/// The faults cover both kinds of errors: the TOML schema's (located by the parser's spans:
+/// a wrong type, an unknown variant or key, a bad duration) and pilotfish's own validation (by
+/// the value's span kept through deserialization).
+const FAULTS: &[(Table, &str, &str, &str)] = &[
+    (Server, "max_header_bytes", "100", "100"),
+    (Server, "max_uri_bytes", "10", "10"),
+    (Server, "max_headers", "2", "2"),
+    (Server, "max_connections", "0", "0"),
+    (Server, "admin_bind", "\"localhost\"", "\"localhost\""),
+    (Server, "admin_bind", "\"10.1.2.3:9901\"", "\"10.1.2.3:9901\""),
+    (Server, "idle_timeout", "\"3 parsecs\"", "\"3 parsecs\""),
+    (Server, "max_header_byte", "9000", "max_header_byte"),
+    (Listener, "bind", "\"127.0.0.1\"", "\"127.0.0.1\""),
+    (Group, "algorithm", "\"fastest\"", "\"fastest\""),
+    (Group, "targets", "[\"127.0.0.1:8080\", \"127.0.0.1:0\"]", "\"127.0.0.1:0\""),
+    (Group, "targets", "[\"127.0.0.1:8080\", \"127.0.0.1:8080\"]", "\"127.0.0.1:8080\"]"),
+    (Group, "slow_start", "\"2h\"", "\"2h\""),
+    (Group, "deregistration_delay", "\"2h\"", "\"2h\""),
+    (Rule, "priority", "0", "0"),
+    (Rule, "priority", "\"high\"", "\"high\""),
+    (Rule, "path", "[\"x\"]", "[\"x\"]"),
+    (Rule, "method", "[\"get\"]", "[\"get\"]"),
+    (Rule, "source_ip", "[\"10.0.0.0/8\", \"10.0.0.0/99\"]", "\"10.0.0.0/99\""),
+    (Rule, "colour", "\"blue\"", "colour"),
+];
+
+/// How a generated config is laid out: everything that may move the faulty text around.
+#[derive(Debug, Clone)]
+struct Layout {
+    /// The order of [`KEYS`] (within each table).
+    order: Vec<usize>,
+    /// Where in its table an added key goes.
+    added_at: prop::sample::Index,
+    /// Comment lines at the top (non-ASCII among them).
+    comments: Vec<String>,
+    /// Before each key of a table.
+    indent: String,
+    /// Between a key and its value: `=` with some blanks.
+    eq: &'static str,
+    /// The body of the rule's fixed response (non-ASCII), before its other keys on its line.
+    body: String,
+    crlf: bool,
+}
+
+fn layout() -> impl Strategy<Value = Layout> {
+    (
+        Just((0..KEYS.len()).collect::<Vec<_>>()).prop_shuffle(),
+        any::<prop::sample::Index>(),
+        proptest::collection::vec("[a-zé—ü日 ]{0,20}", 0..4),
+        "[ \t]{0,3}",
+        prop_oneof![Just(" = "), Just("="), Just("  =\t")],
+        "[a-zé—ü日]{0,6}",
+        any::<bool>(),
+    )
+        .prop_map(|(order, added_at, comments, indent, eq, body, crlf)| Layout {
+            order,
+            added_at,
+            comments,
+            indent,
+            eq,
+            body,
+            crlf,
+        })
+}
+
+/// The config laid out by `l`, with `fault` (an index into [`FAULTS`]) applied if given.
+fn faulty_config(l: &Layout, fault: Option<usize>) -> String {
+    let fault = fault.map(|i| FAULTS[i]);
+    let keys = |table: Table| -> Vec<(&str, &str)> {
+        let mut keys: Vec<(&str, &str)> = l
+            .order
+            .iter()
+            .map(|&i| KEYS[i])
+            .filter(|k| k.0 == table)
+            .map(|(_, key, good)| match fault {
+                Some((t, k, bad, _)) if t == table && k == key => (key, bad),
+                _ => (key, good),
+            })
+            .collect();
+        if let Some((_, k, bad, _)) = fault.filter(|f| f.0 == table && !KEYS.iter().any(|k| (k.0, k.1) == (f.0, f.1))) {
+            keys.insert(l.added_at.index(keys.len() + 1), (k, bad));
         }
+        keys
+    };
+    let mut lines: Vec<String> = l.comments.iter().map(|c| format!("# {c}")).collect();
+    let rule: Vec<String> = keys(Rule).iter().map(|(k, v)| format!("{k}{}{v}", l.eq)).collect();
+    lines.push(format!(
+        "rules = [{{ fixed_response{eq}{{ status{eq}200, body{eq}\"{body}\" }}, {} }}]",
+        rule.join(", "),
+        eq = l.eq,
+        body = l.body
+    ));
+    for (header, table) in [("[server]", Server), ("[[listeners]]", Listener), ("[[target_groups]]", Group)] {
+        lines.push(String::new());
+        lines.push(header.to_string());
+        lines.extend(keys(table).iter().map(|(k, v)| format!("{}{k}{}{v}", l.indent, l.eq)));
+    }
+    lines.join(if l.crlf { "\r\n" } else { "\n" }) + "\n"
+}
+
+fn compile_text(text: &str) -> Result<(), pilotfish::config::Diagnostics> {
+    let m = Metrics::default();
+    compile(CompileInput { name: "p.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None })
+        .map(|_| ())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// An error's line:column is where its cause is written: the text there starts with the
+    /// bad value (or the unknown key), wherever the layout put it.
+    #[test]
+    fn an_error_is_located_at_its_cause(l in layout(), fault in 0..FAULTS.len()) {
+        let good = faulty_config(&l, None);
+        prop_assert!(compile_text(&good).is_ok(), "the config without the fault is valid:\n{}\n{:?}", good, compile_text(&good).err());
+        let text = faulty_config(&l, Some(fault));
+        let errors: Vec<_> = match compile_text(&text) {
+            Ok(()) => return Err(TestCaseError::fail(format!("{:?} is accepted:\n{text}", FAULTS[fault]))),
+            Err(d) => d.0.into_iter().filter(|e| e.severity == pilotfish::config::Severity::Error).collect(),
+        };
+        prop_assert_eq!(errors.len(), 1, "one fault, one error: {:?}\n{}", errors, text);
+        let e = &errors[0];
+        prop_assert_eq!(&e.file, "p.toml");
+        let line = text.split('\n').nth(e.line - 1).unwrap_or_else(|| panic!("{e}: no such line in\n{text}"));
+        let there: String = line.chars().skip(e.col - 1).collect();
+        let at = FAULTS[fault].3;
+        prop_assert!(there.starts_with(at), "{} points at {:?}, not at {:?}, in\n{}", e, there, at, text);
     }
 }
 

@@ -343,15 +343,8 @@ async fn failed_handshakes_are_counted() {
     let mut buf = Vec::new();
     let _ =
         tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut buf)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let m = get(&client(), &lb.admin("/metrics")).await.body;
-        if m.contains("pilotfish_tls_handshake_errors_total{listener=\"https\"} 1") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{m}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let line = "pilotfish_tls_handshake_errors_total{listener=\"https\"} 1";
+    assert!(wait_metric(&lb, line, Duration::from_secs(5)).await, "{line} never appeared");
     assert_eq!(s.be.requests(), 0);
 }
 

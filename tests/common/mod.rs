@@ -125,6 +125,8 @@ impl Backend {
                                 conn,
                             });
                             if delay > 0 {
+                                // The slow target a test asked for (`x-delay-ms`): the behaviour
+                                // under test, not a wait.
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
                             let mut r = Response::new(Full::new(Bytes::from(name)));
@@ -181,10 +183,25 @@ impl Drop for Backend {
     }
 }
 
-/// An address nothing listens on (bound, then closed).
-pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// An address nothing listens on, for as long as the value lives: its port is bound but never
+/// listened on, so connections are refused, and no other socket can take the port meanwhile (as
+/// one could a port bound and closed again). Prints as the address.
+pub struct DeadAddr {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+impl std::fmt::Display for DeadAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+pub fn dead_addr() -> DeadAddr {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    DeadAddr { addr, _socket: socket }
 }
 
 /// A cloneable in-memory sink for access log lines.
@@ -352,8 +369,18 @@ pub async fn wait_state(lb: &Lb, group: &str, addr: SocketAddr, state: &str, wit
 
 /// Polls `/metrics` until it has a line equal to `line` (true) or `within` passes (false).
 pub async fn wait_metric(lb: &Lb, line: &str, within: Duration) -> bool {
-    poll_until(within, Duration::from_millis(10), || async {
-        get(&client(), &lb.admin("/metrics")).await.body.lines().any(|l| l == line)
-    })
-    .await
+    wait_metric_at(lb.server.admin_addr(), line, within).await
+}
+
+/// [`wait_metric`] for the admin API at `admin` (e.g. of a [`process::Proc`]).
+pub async fn wait_metric_at(admin: SocketAddr, line: &str, within: Duration) -> bool {
+    wait_metrics_at(admin, within, |l| l == line).await
+}
+
+/// Polls the `/metrics` of the admin API at `admin` until one of its lines satisfies `f` (true)
+/// or `within` passes (false).
+pub async fn wait_metrics_at(admin: SocketAddr, within: Duration, f: impl Fn(&str) -> bool) -> bool {
+    let url = format!("http://{admin}/metrics");
+    let f = &f;
+    poll_until(within, Duration::from_millis(10), || async { get(&client(), &url).await.body.lines().any(f) }).await
 }

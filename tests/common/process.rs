@@ -1,15 +1,33 @@
 //! The pilotfish binary run as a real process.
+//!
+//! Every listener and the admin API should bind port 0: pilotfish logs the address it got
+//! (`listening listener=NAME local=ADDR`, `pilotfish is serving admin=ADDR`), and the harness
+//! reads it from the log, for as long as the process runs (a reload that binds a listener logs
+//! it the same way; one that removes it logs `listener closed listener=NAME`). No port is ever
+//! picked by the test and handed over, which would race with every other process on the host.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::poll_until;
+
+/// What the log said so far: the listeners bound now (by name), and whether stderr ended.
+#[derive(Default)]
+struct Log {
+    listeners: HashMap<String, SocketAddr>,
+    admin: Option<SocketAddr>,
+    ended: bool,
+}
 
 /// `pilotfish run` as a child process; killed by its PID on drop.
 pub struct Proc {
     pub child: Child,
-    pub web: SocketAddr,
     pub admin: SocketAddr,
+    log: Arc<Mutex<Log>>,
 }
 
 impl Drop for Proc {
@@ -19,9 +37,15 @@ impl Drop for Proc {
     }
 }
 
+/// The value of field `key` (`key=value`) in a log line.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
 impl Proc {
-    /// Runs `pilotfish run` and reads the bound addresses (of the first listener and the admin API) from its log.
-    pub fn run(config: &std::path::Path) -> Proc {
+    /// Runs `pilotfish run` and waits (bounded) until it is serving; the bound addresses come
+    /// from its log. stderr is kept beside the config (`*.stderr.log`).
+    pub async fn run(config: &std::path::Path) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
             .args(["run", "-c"])
             .arg(config)
@@ -30,33 +54,57 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (mut web, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while admin.is_none() && Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
-            let field = |k: &str| {
-                line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.parse::<SocketAddr>().unwrap())
-            };
-            if line.contains("listening") && web.is_none() {
-                web = field("local=");
-            }
-            if line.contains("pilotfish is serving") {
-                admin = field("admin=");
-            }
-        }
-        // Keep draining stderr so the child never blocks on a full pipe; keep it beside the config.
-        let log_path = config.with_extension("stderr.log");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        // Reads stderr for the process's whole life (so it never blocks on a full pipe), keeping
+        // the listener table current.
+        let (l, log_path) = (log.clone(), config.with_extension("stderr.log"));
         std::thread::spawn(move || {
             use std::io::Write;
             let mut f = std::fs::File::create(log_path).ok();
-            for l in lines.map_while(Result::ok) {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(f) = f.as_mut() {
-                    let _ = writeln!(f, "{l}");
+                    let _ = writeln!(f, "{line}");
+                }
+                let mut log = l.lock().unwrap();
+                let name = field(&line, "listener").map(str::to_string);
+                if line.split_whitespace().any(|w| w == "listening") {
+                    if let (Some(name), Some(local)) = (name, field(&line, "local")) {
+                        log.listeners.insert(name, local.parse().expect("listening local=ADDR"));
+                    }
+                } else if line.contains("listener closed") {
+                    if let Some(name) = name {
+                        log.listeners.remove(&name);
+                    }
+                } else if line.contains("pilotfish is serving") {
+                    log.admin = field(&line, "admin").map(|a| a.parse().expect("serving admin=ADDR"));
                 }
             }
+            l.lock().unwrap().ended = true;
         });
-        Proc { child, web: web.expect("listener address in log"), admin: admin.expect("admin address in log") }
+        let up = poll_until(Duration::from_secs(20), Duration::from_millis(10), || {
+            let log = log.lock().unwrap();
+            std::future::ready(log.admin.is_some() || log.ended)
+        })
+        .await;
+        let admin = log.lock().unwrap().admin;
+        let Some(admin) = admin else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let why = if up { "pilotfish exited before serving" } else { "pilotfish was not serving within 20 s" };
+            panic!("{why}; see {}", config.with_extension("stderr.log").display());
+        };
+        Proc { child, admin, log }
+    }
+
+    /// The address listener `name` is bound to now, as logged.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.log.lock().unwrap().listeners.get(name).copied()
+    }
+
+    /// The address of listener `name`, which must be bound.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listener(name).unwrap_or_else(|| panic!("listener {name:?} is not bound"))
     }
 
     /// Sends `signal` (e.g. "HUP") by PID.
@@ -68,13 +116,13 @@ impl Proc {
 
     /// Waits (bounded) for the process to exit and returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(Instant::now() < deadline, "pilotfish did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut status = None;
+        let exited = poll_until(within, Duration::from_millis(20), || {
+            status = self.child.try_wait().unwrap();
+            std::future::ready(status.is_some())
+        })
+        .await;
+        assert!(exited, "pilotfish did not exit within {within:?}");
+        status.unwrap().code()
     }
 }

@@ -139,6 +139,8 @@ impl Scripted {
                             Then::KeepOpen => {}
                             Then::Close => return,
                             Then::Stall => {
+                                // Stalled on purpose (the behaviour under test): open and silent
+                                // until the test drops the target.
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
                                 return;
                             }
