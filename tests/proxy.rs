@@ -41,11 +41,32 @@ async fn count_backends(c: &HttpClient, url: &str, n: usize) -> HashMap<String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_is_even() {
     let (a, b, c3) = (Backend::start("a").await, Backend::start("b").await, Backend::start("c").await);
-    let lb = Lb::start(&one_group("round_robin", &[a.addr.to_string(), b.addr.to_string(), c3.addr.to_string()], ""));
+    let targets = [a.addr.to_string(), b.addr.to_string(), c3.addr.to_string()];
+    // One worker: strictly in turn.
+    let lb = Lb::start(&format!("[server]\nworker_threads = 1\n{}", one_group("round_robin", &targets, "")));
     let seen = count_backends(&client(), &lb.url("web", "/"), 300).await;
     assert_eq!(seen.get("a"), Some(&100), "{seen:?}");
     assert_eq!(seen.get("b"), Some(&100), "{seen:?}");
     assert_eq!(seen.get("c"), Some(&100), "{seen:?}");
+    drop(lb);
+    // Two workers, each with its own cursor (as nginx's workers): however the requests split
+    // between them, each worker's share is in turn, so no target is more than one request per
+    // worker away from an even third.
+    let lb = Lb::start(&format!("[server]\nworker_threads = 2\n{}", one_group("round_robin", &targets, "")));
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(client()); // several client connections, spread over both workers
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for i in 0..300 {
+        let r = get(&conns[i % conns.len()], &lb.url("web", "/")).await;
+        assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+        *seen.entry(r.backend().to_string()).or_default() += 1;
+    }
+    for t in ["a", "b", "c"] {
+        let n = seen.get(t).copied().unwrap_or(0);
+        assert!((98..=102).contains(&n), "{t}: {n} of 300: {seen:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
