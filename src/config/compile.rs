@@ -77,9 +77,8 @@ impl Ctx<'_> {
 /// Parses, validates and compiles a configuration. On success returns the snapshot and any warnings.
 pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagnostics> {
     let map = SourceMap::new(input.name, input.text);
-    let cfg = super::parse(&map, input.text)?;
-    let mut cx =
-        Ctx { map, diags: Vec::new(), base_dir: input.base_dir, certs: HashMap::new(), upstream_tls: HashMap::new() };
+    let (cfg, diags) = super::parse(&map, input.text)?;
+    let mut cx = Ctx { map, diags, base_dir: input.base_dir, certs: HashMap::new(), upstream_tls: HashMap::new() };
     validate(&mut cx, &cfg);
     if let Some(prev) = input.previous {
         restart_only(&mut cx, &cfg.server, &prev.server);
@@ -203,7 +202,10 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             Err(e) => cx.err(c.cert.span(), format!("certificate {name:?}: {e}")),
         }
     }
-    let cert_names: HashSet<&str> = cfg.certificates.iter().map(|c| c.get_ref().name.get_ref().as_str()).collect();
+    // Elements that could not be read were reported already; naming one is not a second error.
+    let unreadable = || cfg.unreadable.iter().map(String::as_str);
+    let cert_names: HashSet<&str> =
+        cfg.certificates.iter().map(|c| c.get_ref().name.get_ref().as_str()).chain(unreadable()).collect();
 
     // Target groups.
     let mut groups: HashSet<&str> = HashSet::new();
@@ -350,6 +352,8 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         }
     }
 
+    groups.extend(unreadable());
+
     // Listeners.
     let mut listeners: HashSet<&str> = HashSet::new();
     let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
@@ -429,6 +433,8 @@ fn validate(cx: &mut Ctx<'_>, cfg: &FileConfig) {
             );
         }
     }
+
+    listeners.extend(unreadable());
 
     // Rules.
     let mut rule_names: HashSet<&str> = HashSet::new();
@@ -1084,70 +1090,31 @@ fn action(
     })
 }
 
-/// The active configuration as JSON for the admin API.
-/// The active configuration as JSON for the admin API; `server` is what is in force (a reload
-/// leaves the start-up-only settings as they were).
+/// The active configuration for `GET /config`: the file as it is in force, in its own
+/// spellings (every key but `generation` is a configuration key: converted to TOML it checks and
+/// compiles to the same configuration). `[server]` shows the values in force, defaults included
+/// (a reload leaves the start-up-only settings as they were); unset optional keys are left out.
+/// Certificates appear as their file paths; no key material is ever in it.
 fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde_json::Value {
-    let s = &cfg.server;
-    json!({
-        "generation": generation,
-        "server": {
-            "worker_threads": server.worker_threads,
-            "admin_bind": server.admin_bind.to_string(),
-            "shutdown_drain": humantime::format_duration(s.shutdown_drain.0).to_string(),
-            "idle_timeout": humantime::format_duration(s.idle_timeout.0).to_string(),
-            "header_read_timeout": humantime::format_duration(s.header_read_timeout.0).to_string(),
-            "max_header_bytes": s.max_header_bytes.get_ref(),
-            "max_connections": server.max_connections,
-        },
-        "certificates": cfg.certificates.iter().map(|c| {
-            let c = c.get_ref();
-            json!({"name": c.name.get_ref(), "cert": c.cert.get_ref(), "key": c.key.get_ref()})
-        }).collect::<Vec<_>>(),
-        "listeners": cfg.listeners.iter().map(|l| {
-            let l = l.get_ref();
-            json!({"name": l.name.get_ref(), "bind": l.bind.get_ref(), "protocol": ListenerProtocol::from(*l.protocol.get_ref()).as_str()})
-        }).collect::<Vec<_>>(),
-        "rules": cfg.rules.iter().map(|r| {
-            let r = r.get_ref();
-            json!({
-                "name": r.name.get_ref(),
-                "priority": r.priority.get_ref(),
-                "listeners": r.listeners.get_ref().iter().map(|l| l.get_ref()).collect::<Vec<_>>(),
-                "host": r.host.as_ref().map(|h| h.get_ref()),
-                "path": r.path.as_ref().map(|h| h.get_ref()),
-                "forward": r.forward.as_ref().map(|f| forward_groups(f.get_ref())),
-                "redirect": r.redirect.is_some(),
-                "fixed_response": r.fixed_response.as_ref().map(|f| f.get_ref().status),
-            })
-        }).collect::<Vec<_>>(),
-        "target_groups": cfg.target_groups.iter().map(|t| {
-            let t = t.get_ref();
-            json!({
-                "name": t.name.get_ref(),
-                "protocol": UpstreamProtocol::from(t.protocol).as_str(),
-                "algorithm": Algorithm::from(t.algorithm).as_str(),
-                "health_check": t.health_check.as_ref().map(|h| {
-                    let h = health(h.get_ref());
-                    json!({
-                        "path": h.path,
-                        "port": h.port.map_or("traffic-port".to_string(), |p| p.to_string()),
-                        "interval": humantime::format_duration(h.interval).to_string(),
-                        "timeout": humantime::format_duration(h.timeout).to_string(),
-                        "healthy_threshold": h.healthy_threshold,
-                        "unhealthy_threshold": h.unhealthy_threshold,
-                        "matcher": h.matcher.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect::<Vec<_>>().join(","),
-                    })
-                }),
-                "slow_start": t.slow_start.as_ref().map(|d| humantime::format_duration(d.get_ref().0).to_string()),
-                "deregistration_delay": t.deregistration_delay.as_ref().map(|d| humantime::format_duration(d.get_ref().0).to_string()),
-                "targets": t.targets.iter().map(|e| match e.get_ref() {
-                    TargetEntry::Addr(a) => a.clone(),
-                    TargetEntry::Weighted { address, .. } => address.clone(),
-                }).collect::<Vec<_>>(),
-            })
-        }).collect::<Vec<_>>(),
-    })
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    strip_nulls(&mut v);
+    v["server"]["worker_threads"] = json!(server.worker_threads);
+    v["server"]["admin_bind"] = json!(server.admin_bind.to_string());
+    v["server"]["max_connections"] = json!(server.max_connections);
+    v["generation"] = json!(generation);
+    v
+}
+
+/// Drops null members (unset optional keys) everywhere: TOML has no null.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 // The file's spellings → the compiled types their users own.
@@ -1283,8 +1250,54 @@ targets = ["127.0.0.1"]
     #[test]
     fn unknown_keys_and_bad_durations_are_located() {
         let e = errors("[server]\nidle_timout = \"5s\"\n");
-        assert!(e[0].starts_with("t.toml:2:1: unknown field `idle_timout`"), "{e:?}");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:2:1: unknown field `idle_timout`")), "{e:?}");
         let e = errors("[server]\nidle_timeout = \"5 parsecs\"\n");
-        assert!(e[0].starts_with("t.toml:2:16: invalid duration"), "{e:?}");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:2:16: invalid duration")), "{e:?}");
+        let e = errors("[server]\nidle_timeout = \"5s\"\n[listenrs]\n");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:3:2: unknown key `listenrs`")), "{e:?}");
+    }
+
+    #[test]
+    fn schema_errors_are_collected_like_semantic_ones() {
+        // Key typos, bad durations, wrong types and an unknown target group: all of them, each at
+        // its key or value. An element with a bad value is still read without it (the listener's
+        // reference to "nope" is checked; the group "broken" exists for the rule, and is warned
+        // about: its targets were set aside).
+        let text = r#"
+[server]
+idle_timout = "5s"
+header_read_timeout = "soon"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+max_request_body = "big"
+default_action = { forward = "nope" }
+
+[[rules]]
+name = "a"
+listeners = ["web"]
+priority = 1
+forward = "broken"
+
+[[target_groups]]
+name = "broken"
+retries = "many"
+targets = "127.0.0.1:9000"
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:3:1: unknown field `idle_timout`",
+            "t.toml:4:23: invalid duration",
+            "t.toml:9:20: invalid type",
+            "t.toml:10:30: default_action forwards to unknown target group \"nope\"",
+            "t.toml:19:8: warning: target group \"broken\" has no targets",
+            "t.toml:20:11: invalid type",
+            "t.toml:21:11: invalid type",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
     }
 }

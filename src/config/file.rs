@@ -1,17 +1,24 @@
 //! The TOML file schema, mirrored exactly: every table denies unknown keys, durations are strings
 //! (`"500ms"`, `"10s"`), and every value a later check may complain about is [`Spanned`] so the
 //! error can name its line and column. Nothing here validates meaning; that is [`super::compile`].
+//! The types serialize back in the same spellings: `GET /config` is the file as it is in force.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use toml::Spanned;
 
 /// A duration written as a human string in the file (`"250ms"`, `"30s"`, `"1m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dur(pub Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -30,9 +37,13 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// Names of `[[...]]` elements that could not be read (their errors are reported; references
+    /// to them are not reported again as unknown). Not a configuration key.
+    #[serde(skip)]
+    pub unreadable: Vec<String>,
     #[serde(default)]
     pub server: Server,
     #[serde(default)]
@@ -50,7 +61,7 @@ pub struct FileConfig {
 }
 
 /// `[server]`: process-wide settings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     pub worker_threads: Spanned<usize>,
@@ -86,14 +97,14 @@ impl Default for Server {
 }
 
 /// `[access_log]`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLog {
     pub format: AccessLogFormat,
 }
 
 /// Access log output format.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     #[default]
@@ -102,7 +113,7 @@ pub enum AccessLogFormat {
 }
 
 /// Listener protocol.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     Http,
@@ -110,7 +121,7 @@ pub enum ListenerProtocol {
 }
 
 /// `[[listeners]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: Spanned<String>,
@@ -130,7 +141,7 @@ fn default_listener_protocol() -> Spanned<ListenerProtocol> {
 }
 
 /// An action: exactly one of its fields is set (checked in compile).
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
     pub forward: Option<Spanned<Forward>>,
@@ -139,7 +150,7 @@ pub struct Action {
 }
 
 /// `forward = "group"` or `forward = [{ target_group, weight }, …]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Forward {
     One(String),
@@ -147,7 +158,7 @@ pub enum Forward {
 }
 
 /// One arm of a weighted forward.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedGroup {
     pub target_group: String,
@@ -160,7 +171,7 @@ fn default_weight() -> u32 {
 }
 
 /// `redirect = { protocol, host, port, path, query, status }`; unset parts keep the request's.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Redirect {
     pub protocol: Option<String>,
@@ -177,7 +188,7 @@ fn default_redirect_status() -> u16 {
 }
 
 /// `fixed_response = { status, content_type, body }`.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FixedResponse {
     pub status: u16,
@@ -192,7 +203,7 @@ fn default_content_type() -> String {
 }
 
 /// `[[rules]]`: conditions (all optional) and exactly one action.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub name: Spanned<String>,
@@ -210,7 +221,7 @@ pub struct Rule {
 }
 
 /// Upstream protocol of a target group.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -219,7 +230,7 @@ pub enum UpstreamProtocol {
 }
 
 /// Target picking algorithm.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     #[default]
@@ -229,7 +240,7 @@ pub enum Algorithm {
 }
 
 /// A static target: `"10.0.0.1:80"` or `{ address = "10.0.0.1:80", weight = 3 }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum TargetEntry {
     Addr(String),
@@ -237,7 +248,7 @@ pub enum TargetEntry {
 }
 
 /// `[[target_groups]]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetGroup {
     pub name: Spanned<String>,
@@ -259,7 +270,7 @@ pub struct TargetGroup {
 }
 
 /// `port = "traffic-port"` or a number.
-#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum HealthPort {
     Number(u16),
@@ -267,7 +278,7 @@ pub enum HealthPort {
 }
 
 /// `[target_groups.health_check]` (ALB defaults when a key is absent).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: Option<Spanned<String>>,
@@ -280,7 +291,7 @@ pub struct HealthCheck {
 }
 
 /// `[[certificates]]`: a PEM chain (leaf first) and its private key.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub name: Spanned<String>,
@@ -289,7 +300,7 @@ pub struct Certificate {
 }
 
 /// `tls = { enabled, verify, ca, server_name }` on a target group: HTTPS to targets.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     #[serde(default = "yes")]
@@ -305,7 +316,7 @@ fn yes() -> bool {
 }
 
 /// `[aws]`: where the control thread's AWS calls go. Credentials come from the standard chain.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Aws {
     pub region: Option<String>,
@@ -313,7 +324,7 @@ pub struct Aws {
 }
 
 /// `[target_groups.discovery]`: exactly one source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Discovery {
     pub cloud_map: Option<Spanned<CloudMap>>,
@@ -321,7 +332,7 @@ pub struct Discovery {
 }
 
 /// `cloud_map = { namespace, service, refresh, health_status, port }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudMap {
     pub namespace: String,
@@ -334,7 +345,7 @@ pub struct CloudMap {
 }
 
 /// `ecs = { cluster, service, container_name, container_port, refresh }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ecs {
     pub cluster: String,
@@ -345,7 +356,7 @@ pub struct Ecs {
 }
 
 /// `[cloudwatch]`: publish ALB-named metrics.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudWatch {
     #[serde(default = "default_namespace")]
@@ -364,7 +375,7 @@ fn default_load_balancer() -> String {
 }
 
 /// The ECS service an autoscaling policy scales.
-#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EcsService {
     pub cluster: String,
@@ -372,7 +383,7 @@ pub struct EcsService {
 }
 
 /// The metric target tracking follows.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 pub enum ScalingMetric {
     /// Requests per target per minute.
     RequestCountPerTarget,
@@ -381,7 +392,7 @@ pub enum ScalingMetric {
 }
 
 /// Where the metric is read.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MetricSource {
     /// CloudWatch GetMetricData: the sum over every replica publishing the same LoadBalancer.
@@ -392,7 +403,7 @@ pub enum MetricSource {
 }
 
 /// Who scales.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScalingMode {
     /// pilotfish decides and calls ECS UpdateService.
@@ -403,7 +414,7 @@ pub enum ScalingMode {
 }
 
 /// `[target_groups.autoscaling]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Autoscaling {
     pub ecs: EcsService,
