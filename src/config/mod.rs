@@ -168,7 +168,9 @@ impl Reader<'_, '_> {
     /// key (`a = ...`), or a table from its header to the next one, with its sub-tables.
     fn piece(&self, key_span: &Range<usize>, item: &toml_edit::Item) -> Vec<Range<usize>> {
         match item {
-            toml_edit::Item::Value(v) => std::iter::once(key_span.start..v.span().map_or(key_span.end, |s| s.end)).collect(),
+            toml_edit::Item::Value(v) => {
+                std::iter::once(key_span.start..v.span().map_or(key_span.end, |s| s.end)).collect()
+            }
             toml_edit::Item::Table(t) => self.table_piece(t),
             _ => Vec::new(),
         }

@@ -216,6 +216,70 @@ pub fn prepare_head(parts: &mut request::Parts, client: &ClientInfo, host: &str,
     }
 }
 
+/// The HTTP/1.1 head for a target of an HTTP/2 client's request, written straight from its header
+/// map: what [`prepare_head`] and writing the map would give for an `http1` group, without
+/// touching the map (inserting the forwarding headers into it hashes each and may grow it).
+/// Hop-by-hop fields, `Transfer-Encoding` and the client's forwarding headers are left out as the
+/// fields are written; then the forwarding headers, and `chunked` framing when asked.
+pub fn write_h1_head(parts: &request::Parts, client: &ClientInfo, host: &str, chunked: bool) -> Vec<u8> {
+    let headers = &parts.headers;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !headers.contains_key(header::HOST) && HeaderValue::from_str(host).is_ok_and(|_| !host.is_empty()) {
+        field(&mut out, b"host", host.as_bytes());
+    }
+    // What `Connection` names is hop-by-hop too (rare: HTTP/2 forbids the field).
+    let named: Vec<HeaderName> = match headers.get(header::CONNECTION) {
+        Some(c) if c != "close" && c != "keep-alive" => headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| n != header::HOST)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut prev_xff = None;
+    for (n, v) in headers {
+        if hop_by_hop_length(n.as_str().len()) && (HOP_BY_HOP.contains(n) || (n == header::TE && v != "trailers")) {
+            continue;
+        }
+        if n == X_FORWARDED_FOR {
+            prev_xff = prev_xff.or(Some(v));
+            continue;
+        }
+        if n == header::TRANSFER_ENCODING || n == X_FORWARDED_PROTO || n == X_FORWARDED_PORT || named.contains(n) {
+            continue;
+        }
+        field(&mut out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = prev_xff.and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty()) {
+        out.extend_from_slice(prev.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.ip_text());
+    out.extend_from_slice(b"\r\n");
+    field(&mut out, b"x-forwarded-proto", client.proto.as_bytes());
+    field(&mut out, b"x-forwarded-port", client.port_text());
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +305,39 @@ mod tests {
         for n in HOP_BY_HOP.iter().chain([&header::TE]) {
             assert!(hop_by_hop_length(n.as_str().len()), "{n} is skipped by hop_by_hop_length");
         }
+    }
+
+    #[test]
+    fn an_h1_head_written_from_the_map_is_the_prepared_map_written() {
+        let c = ClientInfo::new("10.9.8.7:5555".parse().unwrap(), "https", 8443);
+        let req = http::Request::post("http://a.example:8443/p?q=1")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "ftp")
+            .header("x-forwarded-port", "1")
+            .header("te", "trailers")
+            .header("keep-alive", "timeout=5")
+            .header("transfer-encoding", "chunked")
+            .header("x-app", "v")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let written = String::from_utf8(write_h1_head(&parts, &c, "a.example:8443", true)).unwrap();
+        let mut prepared = parts;
+        prepare_head(&mut prepared, &c, "a.example:8443", UpstreamProtocol::Http1);
+        prepared.headers.remove(header::TRANSFER_ENCODING);
+        let fields = |t: &str| -> Vec<String> {
+            let mut f: Vec<String> = t.split("\r\n").skip(1).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+            f.sort();
+            f
+        };
+        let mut want = vec!["transfer-encoding: chunked".to_string()];
+        for (n, v) in &prepared.headers {
+            want.push(format!("{n}: {}", v.to_str().unwrap()));
+        }
+        want.sort();
+        assert!(written.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{written}");
+        assert_eq!(fields(&written), want, "{written}");
+        assert!(written.contains("x-forwarded-for: 1.2.3.4, 10.9.8.7\r\n") && !written.contains("keep-alive"));
     }
 
     #[test]

@@ -447,26 +447,6 @@ impl Outbound for H2Out {
     }
 }
 
-/// The HTTP/1.1 head of an HTTP/2 client's request (already prepared for HTTP/1.1).
-fn encode_head(parts: &http::request::Parts, chunked: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (n, v) in &parts.headers {
-        out.extend_from_slice(n.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 /// An HTTP/2 client's request to an `http1` group, through the engine's client side.
 async fn to_h1_target(
     ctx: &ConnCtx,
@@ -476,14 +456,12 @@ async fn to_h1_target(
     host: &str,
     log: &mut RequestLog,
 ) -> Result<Response<RespBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    forward::prepare_head(&mut parts, &ctx.client, host, UpstreamProtocol::Http1);
+    let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
     let chunked = !empty && !parts.headers.contains_key(header::CONTENT_LENGTH);
-    parts.headers.remove(header::TRANSFER_ENCODING);
     let head_request = parts.method == Method::HEAD;
     let mut out = H2Out {
-        head: encode_head(&parts, chunked),
+        head: forward::write_h1_head(&parts, &ctx.client, host, chunked),
         written: 0,
         body,
         empty,
