@@ -39,6 +39,8 @@ pub struct Options {
 pub enum StartError {
     #[error("{0}")]
     Config(Diagnostics),
+    /// Listeners that cannot bind, each as `FILE:LINE:COL: listener "x": cannot bind ...` (at
+    /// its `bind` key).
     #[error("{}", .0.join("\n"))]
     Bind(Vec<String>),
     #[error("admin API: cannot bind {addr}: {source}")]
@@ -89,7 +91,9 @@ impl Server {
 
         let runtime = WorkerThreads::start(workers).map_err(StartError::Runtime)?;
         let control = Arc::new(Control::new(state.clone(), path, runtime.workers()));
-        control.start_listeners().map_err(StartError::Bind)?;
+        control
+            .start_listeners(&name)
+            .map_err(|errors| StartError::Bind(errors.iter().map(ToString::to_string).collect()))?;
 
         let admin =
             std::net::TcpListener::bind(admin_bind).map_err(|source| StartError::Admin { addr: admin_bind, source })?;

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use pilotfish::server::{ConfigSource, Options, Server, StartError};
 
 fn config(be: &Backend, rule_body: &str, extra_listener: bool) -> String {
     let extra = if extra_listener { "[[listeners]]\nname = \"extra\"\nbind = \"127.0.0.1:0\"\n" } else { "" };
@@ -227,6 +228,38 @@ async fn reload_applies_new_rules_and_listeners_or_keeps_the_old_config() {
     assert!(m.contains("pilotfish_config_reloads_total{result=\"success\"} 3"), "{m}");
     assert!(m.contains("pilotfish_config_reloads_total{result=\"failure\"} 3"), "{m}");
     assert!(m.contains("pilotfish_config_generation 4"), "{m}");
+}
+
+/// A listener that cannot bind is reported at its `bind` key (line and column), on reload and at
+/// start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_errors_are_reported_at_the_bind_key() {
+    let be = Backend::start("be").await;
+    let lb = Lb::start(&config(&be, "one", false));
+    let control = lb.server.control().clone();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = config(&be, "two", true)
+        .replace("name = \"extra\"\nbind = \"127.0.0.1:0\"", &format!("name = \"extra\"\nbind = \"{addr}\""));
+    let line = 1 + text.lines().position(|l| l == format!("bind = \"{addr}\"")).expect("the extra listener's bind");
+    assert!(line > 1, "the key is not on the first line, where unlocated errors go");
+
+    let out = control.reload_text("test.toml", &text);
+    let want = format!("test.toml:{line}:8: listener \"extra\": cannot bind {addr}");
+    assert!(out.errors.iter().any(|e| e.to_string().starts_with(&want)), "want {want:?} in {:?}", out.errors);
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    assert!(lb.server.listener_addr("extra").is_none(), "the rejected reload bound nothing");
+
+    let text = format!("[server]\nadmin_bind = \"127.0.0.1:0\"\n{text}");
+    let started = Server::start(Options {
+        config: ConfigSource::Text { name: "start.toml".into(), text },
+        access_log: Some(Box::new(LogSink::default())),
+        signals: false,
+    });
+    let Err(e @ StartError::Bind(_)) = started else { panic!("start-up binds a taken port") };
+    let want = format!("start.toml:{}:8: listener \"extra\": cannot bind {addr}", line + 2);
+    assert!(e.to_string().lines().any(|l| l.starts_with(&want)), "want {want:?} in {e}");
+    drop(taken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,12 +80,18 @@ impl<'a> SourceMap<'a> {
         SourceMap { name, text, line_starts }
     }
 
-    /// A diagnostic at `span`.
-    pub fn diag(&self, span: Range<usize>, severity: Severity, message: impl Into<String>) -> ConfigError {
-        let at = span.start.min(self.text.len());
+    /// The line and column (1-based; the column in characters) of byte offset `at`.
+    pub fn line_col(&self, at: usize) -> (usize, usize) {
+        let at = at.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= at);
         let start = self.line_starts[line - 1];
         let col = self.text.get(start..at).map_or(at - start, |s| s.chars().count()) + 1;
+        (line, col)
+    }
+
+    /// A diagnostic at `span`.
+    pub fn diag(&self, span: Range<usize>, severity: Severity, message: impl Into<String>) -> ConfigError {
+        let (line, col) = self.line_col(span.start);
         ConfigError { file: self.name.to_string(), line, col, message: message.into(), severity }
     }
 }

@@ -185,6 +185,8 @@ pub enum Action {
 pub struct ListenerConfig {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    /// Where the `bind` key is in the file (line, column; 1-based), for bind errors.
+    pub bind_at: Option<(usize, usize)>,
     pub protocol: ListenerProtocol,
     pub router: Router<Action>,
     pub stats: Arc<ListenerStats>,
@@ -211,6 +213,13 @@ pub enum DiscoverySpec {
 }
 
 impl DiscoverySpec {
+    /// Cloud Map instances returned when `health_status` is not set.
+    pub const CLOUD_MAP_HEALTH_STATUS: &'static str = "HEALTHY";
+    /// How often Cloud Map is asked when `refresh` is not set.
+    pub const CLOUD_MAP_REFRESH: Duration = Duration::from_secs(10);
+    /// How often ECS is asked when `refresh` is not set.
+    pub const ECS_REFRESH: Duration = Duration::from_secs(15);
+
     /// `cloud_map` or `ecs`, as `/targets` shows it.
     pub fn source(&self) -> &'static str {
         match self {
@@ -233,6 +242,11 @@ pub struct CloudWatchSettings {
     pub namespace: String,
     pub load_balancer: String,
     pub interval: Duration,
+}
+
+impl CloudWatchSettings {
+    /// How often metrics are published when `interval` is not set.
+    pub const INTERVAL: Duration = Duration::from_secs(60);
 }
 
 /// The ECS service an autoscaling policy scales.
@@ -282,6 +296,15 @@ pub struct AutoscalingSpec {
     pub scale_out_cooldown: Duration,
     pub scale_in_cooldown: Duration,
     pub mode: ScalingMode,
+}
+
+impl AutoscalingSpec {
+    /// The metric period when `period` is not set.
+    pub const PERIOD: Duration = Duration::from_secs(60);
+    /// The wait after scaling out when `scale_out_cooldown` is not set.
+    pub const SCALE_OUT_COOLDOWN: Duration = Duration::from_secs(60);
+    /// The wait after scaling in when `scale_in_cooldown` is not set.
+    pub const SCALE_IN_COOLDOWN: Duration = Duration::from_secs(120);
 }
 
 /// The whole compiled configuration.

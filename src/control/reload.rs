@@ -73,10 +73,11 @@ impl Control {
         self.listeners.lock().expect("listener table").get(name).map(|r| r.local)
     }
 
-    /// Binds every listener of the current snapshot and starts accepting (start-up).
-    pub fn start_listeners(&self) -> Result<(), Vec<String>> {
+    /// Binds every listener of the current snapshot and starts accepting (start-up). `file`
+    /// names the configuration in bind errors.
+    pub fn start_listeners(&self, file: &str) -> Result<(), Vec<ConfigError>> {
         let snap = self.state.load();
-        let bound = self.bind_new(&snap)?;
+        let bound = self.bind_new(&snap, file)?;
         self.start(bound);
         self.state.set_ready();
         Ok(())
@@ -115,18 +116,11 @@ impl Control {
             Ok(x) => x,
             Err(d) => return self.fail(d.0),
         };
-        let bound = match self.bind_new(&snap) {
+        let bound = match self.bind_new(&snap, name) {
             Ok(b) => b,
-            Err(msgs) => {
-                let errors = msgs.into_iter().map(|m| ConfigError {
-                    file: name.into(),
-                    line: 1,
-                    col: 1,
-                    message: m,
-                    severity: Severity::Error,
-                });
+            Err(errors) => {
                 // The compile's warnings are reported with the bind errors.
-                return self.fail(errors.chain(warnings.warnings().cloned()).collect());
+                return self.fail(errors.into_iter().chain(warnings.warnings().cloned()).collect());
             }
         };
         self.next_generation.fetch_add(1, Ordering::Relaxed);
@@ -158,8 +152,8 @@ impl Control {
     }
 
     /// Binds the listeners of `snap` that are not running with the same address. Nothing is
-    /// kept if any bind fails.
-    fn bind_new(&self, snap: &Snapshot) -> Result<Vec<Bound>, Vec<String>> {
+    /// kept if any bind fails; each failure is reported at the listener's `bind` key in `file`.
+    fn bind_new(&self, snap: &Snapshot, file: &str) -> Result<Vec<Bound>, Vec<ConfigError>> {
         let running = self.listeners.lock().expect("listener table");
         let mut bound = Vec::new();
         let mut errors = Vec::new();
@@ -169,7 +163,16 @@ impl Control {
             }
             match listener::bind(l.bind, self.workers.len()) {
                 Ok(sock) => bound.push((l.name.clone(), l.bind, sock)),
-                Err(e) => errors.push(format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind)),
+                Err(e) => {
+                    let (line, col) = l.bind_at.unwrap_or((1, 1));
+                    errors.push(ConfigError {
+                        file: file.into(),
+                        line,
+                        col,
+                        message: format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind),
+                        severity: Severity::Error,
+                    });
+                }
             }
         }
         if errors.is_empty() {

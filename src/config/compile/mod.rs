@@ -1,0 +1,686 @@
+//! Validation and compilation: [`file::FileConfig`] → [`Snapshot`], in two steps.
+//!
+//! 1. Each section is checked and turned into its typed value in one pass, one file per
+//!    section: `server` (`[server]`, `[access_log]`, `[aws]`, `[cloudwatch]`), `tls`
+//!    (`[[certificates]]`, listeners' server configurations, groups' client configurations),
+//!    `target_group`, `listener`, `rule`. Every value is parsed once, where it is checked;
+//!    an element with an error yields nothing (its errors are in the diagnostics).
+//! 2. `resolve` checks the names elements give each other (a rule's listeners, a forward's
+//!    target groups, a listener's certificates) at the key that gives them, and turns them into
+//!    positions; only then, when nothing failed, is the [`Snapshot`] built (target groups take
+//!    over the running groups' targets, metrics handles are made).
+//!
+//! Every problem is collected, with its span, before anything is built, so one `check` run
+//! reports all mistakes, and a failed reload leaves the running snapshot untouched. A name that
+//! an element declares counts as known even when that element has errors (or could not be read at
+//! all: [`file::FileConfig::unreadable`]), so one mistake is reported once.
+
+mod listener;
+mod rule;
+mod server;
+mod target_group;
+mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use serde_json::json;
+use toml::Spanned;
+
+use super::file::{self, FileConfig, Forward};
+use super::snapshot::*;
+use super::{Diagnostics, Severity, SourceMap};
+use crate::balance::TargetGroup;
+use crate::routing::{Router, Rule};
+use crate::telemetry::metrics::Metrics;
+use listener::ListenerDef;
+use rule::{ActionDef, RuleDef};
+use target_group::{GroupDef, Targets};
+
+pub use target_group::parse_matcher;
+
+/// What a compile needs besides the file itself.
+pub struct CompileInput<'a> {
+    /// Name of the file in messages (its path).
+    pub name: &'a str,
+    pub text: &'a str,
+    /// The running snapshot, whose targets are reused by address.
+    pub previous: Option<&'a Snapshot>,
+    pub metrics: &'a Metrics,
+    pub generation: u64,
+    /// Relative certificate and CA paths are resolved against this (the config file's folder).
+    pub base_dir: Option<&'a Path>,
+}
+
+/// ALB's limit on target and forward weights, which pilotfish follows so configs move between
+/// the two.
+const MAX_WEIGHT: u32 = 999;
+
+/// The diagnostics of one compile, and what checks need to locate and read files.
+struct Ctx<'a> {
+    map: SourceMap<'a>,
+    diags: Vec<super::ConfigError>,
+    base_dir: Option<&'a Path>,
+}
+
+impl Ctx<'_> {
+    fn path(&self, p: &str) -> PathBuf {
+        match self.base_dir {
+            Some(base) if Path::new(p).is_relative() => base.join(p),
+            _ => PathBuf::from(p),
+        }
+    }
+
+    fn err(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.map.diag(span, Severity::Error, msg);
+        self.diags.push(d);
+    }
+
+    fn warn(&mut self, span: Range<usize>, msg: impl Into<String>) {
+        let d = self.map.diag(span, Severity::Warning, msg);
+        self.diags.push(d);
+    }
+
+    /// A mark for [`Ctx::clean_since`].
+    fn mark(&self) -> usize {
+        self.diags.len()
+    }
+
+    /// Whether no error was reported since `mark`.
+    fn clean_since(&self, mark: usize) -> bool {
+        !self.diags[mark..].iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Parses, validates and compiles a configuration. On success returns the snapshot and any warnings.
+pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagnostics> {
+    let map = SourceMap::new(input.name, input.text);
+    let (cfg, diags) = super::parse(&map, input.text)?;
+    let mut cx = Ctx { map, diags, base_dir: input.base_dir };
+    let sections = server::compile(&mut cx, &cfg);
+    if let (Some(prev), Some(s)) = (input.previous, &sections) {
+        restart_only(&mut cx, &cfg.server, &s.settings, &prev.server);
+    }
+    let certs = tls::certificates(&mut cx, &cfg.certificates);
+    let groups = target_group::compile_all(&mut cx, &cfg.target_groups, cfg.cloudwatch.is_some());
+    let listeners = listener::compile_all(&mut cx, &cfg.listeners);
+    let rules = rule::compile_all(&mut cx, &cfg.rules);
+    if cfg.listeners.is_empty() {
+        cx.warn(0..0, "no [[listeners]]: pilotfish will serve nothing but its admin API");
+    }
+    let plan = resolve(&mut cx, &cfg, &certs, groups, listeners, rules);
+    cx.diags.sort_by_key(|d| (d.line, d.col));
+    // (A section or element yields nothing only with an error, so both are Some here when no
+    // error was reported.)
+    match (sections, plan) {
+        (Some(sections), Some(plan)) if cx.clean_since(0) => {
+            Ok((build(&input, &cfg, sections, plan), Diagnostics(cx.diags)))
+        }
+        _ => Err(Diagnostics(cx.diags)),
+    }
+}
+
+/// Settings fixed at start-up (the worker threads, the admin socket) that a reload changes:
+/// each is a warning at its key, and the running value stays in force (and is what `/config`
+/// shows) until the next start. (`max_connections` is applied live.)
+fn restart_only(cx: &mut Ctx<'_>, s: &file::Server, new: &ServerSettings, prev: &ServerSettings) {
+    // (A key left out is its default, reported at the top of the file.)
+    if new.worker_threads != prev.worker_threads {
+        let count = |n: usize| if n == 0 { "0 (one per core)".to_string() } else { n.to_string() };
+        let msg = format!(
+            "worker_threads = {} takes effect at the next start; {} stay in force",
+            count(new.worker_threads),
+            count(prev.worker_threads)
+        );
+        cx.warn(s.worker_threads.span(), msg);
+    }
+    if new.admin_bind != prev.admin_bind {
+        let msg = format!(
+            "admin_bind = {} takes effect at the next start; the admin API stays on {}",
+            new.admin_bind, prev.admin_bind
+        );
+        cx.warn(s.admin_bind.span(), msg);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolving names.
+
+/// The names one kind of element declares: where each is, or that it could not be read.
+struct Names<'a> {
+    at: HashMap<&'a str, usize>,
+    unreadable: HashSet<&'a str>,
+}
+
+/// What a name refers to.
+enum Lookup {
+    /// The element at this position.
+    At(usize),
+    /// An element that could not be read (its errors are reported already).
+    Unreadable,
+    Unknown,
+}
+
+impl<'a> Names<'a> {
+    /// The valid names of `names` (in element order; the first of duplicates) and `unreadable`.
+    fn new(names: impl Iterator<Item = &'a str>, unreadable: &'a [String]) -> Self {
+        let mut at = HashMap::new();
+        for (i, n) in names.enumerate().filter(|(_, n)| valid_name(n)) {
+            at.entry(n).or_insert(i);
+        }
+        Names { at, unreadable: unreadable.iter().map(String::as_str).collect() }
+    }
+
+    fn lookup(&self, name: &str) -> Lookup {
+        match self.at.get(name) {
+            Some(&i) => Lookup::At(i),
+            None if self.unreadable.contains(name) => Lookup::Unreadable,
+            None => Lookup::Unknown,
+        }
+    }
+}
+
+/// Everything checked and resolved, ready to build. Positions index `groups` and `listeners`.
+struct Plan {
+    groups: Vec<GroupDef>,
+    listeners: Vec<ListenerPlan>,
+    rules: Vec<RulePlan>,
+}
+
+struct ListenerPlan {
+    def: ListenerDef,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// The default action's forward arms: group position and weight (zero weights left out).
+    arms: Vec<(usize, u32)>,
+}
+
+struct RulePlan {
+    def: RuleDef,
+    /// The positions of the rule's listeners.
+    listeners: Vec<usize>,
+    arms: Vec<(usize, u32)>,
+}
+
+/// Checks every name an element gives another (each at the key that gives it), warns about
+/// target groups nothing uses and rule hosts no certificate covers, and resolves names to
+/// positions. None when anything failed (always with an error reported).
+fn resolve(
+    cx: &mut Ctx<'_>,
+    cfg: &FileConfig,
+    certs: &tls::Certificates,
+    groups: Vec<Option<GroupDef>>,
+    listeners: Vec<Option<ListenerDef>>,
+    rules: Vec<Option<RuleDef>>,
+) -> Option<Plan> {
+    let group_names =
+        Names::new(cfg.target_groups.iter().map(|g| g.get_ref().name.get_ref().as_str()), &cfg.unreadable);
+    let listener_names = Names::new(cfg.listeners.iter().map(|l| l.get_ref().name.get_ref().as_str()), &cfg.unreadable);
+    let cert_names: HashSet<&str> = cfg
+        .certificates
+        .iter()
+        .map(|c| c.get_ref().name.get_ref().as_str())
+        .chain(cfg.unreadable.iter().map(String::as_str))
+        .collect();
+
+    let mut listener_plans = Vec::with_capacity(listeners.len());
+    for (l, def) in cfg.listeners.iter().zip(listeners) {
+        let l = l.get_ref();
+        let name = l.name.get_ref();
+        if let Some(list) = l.certificates.as_ref().filter(|_| *l.protocol.get_ref() == file::ListenerProtocol::Https) {
+            for c in list.get_ref() {
+                if !cert_names.contains(c.as_str()) {
+                    cx.err(list.span(), format!("listener {name:?} names unknown certificate {c:?}"));
+                }
+            }
+        }
+        let forward = l.default_action.as_ref().and_then(|a| a.get_ref().forward.as_ref());
+        let arms = forward_arms(cx, &group_names, "default_action", forward);
+        let tls = def.as_ref().and_then(|d| d.tls.as_ref()).map(|t| tls::listener_config(cx, certs, name, t));
+        listener_plans
+            .push(def.zip(arms).and_then(|(def, arms)| Some(ListenerPlan { def, tls: optional(tls)?, arms })));
+    }
+
+    let mut priorities: HashMap<(&str, u32), &str> = HashMap::new();
+    let mut rule_plans = Vec::with_capacity(rules.len());
+    for (r, def) in cfg.rules.iter().zip(rules) {
+        let r = r.get_ref();
+        let name = r.name.get_ref();
+        let prio = *r.priority.get_ref();
+        let mut on = Vec::new();
+        let mut complete = true;
+        for l in r.listeners.get_ref() {
+            let lookup = listener_names.lookup(l.get_ref());
+            match lookup {
+                Lookup::Unknown => {
+                    cx.err(l.span(), format!("rule {name:?} names unknown listener {:?}", l.get_ref()));
+                    continue;
+                }
+                Lookup::Unreadable => complete = false,
+                Lookup::At(i) => on.push(i),
+            }
+            if let Some(other) = priorities.insert((l.get_ref(), prio), name) {
+                cx.err(
+                    r.priority.span(),
+                    format!("priority {prio} on listener {:?} is already used by rule {other:?}", l.get_ref()),
+                );
+            }
+        }
+        let arms = forward_arms(cx, &group_names, &format!("rule {name:?}"), r.forward.as_ref());
+        rule_plans.push(def.zip(arms).filter(|_| complete).map(|(def, arms)| RulePlan { def, listeners: on, arms }));
+    }
+
+    tls::uncovered_hosts(cx, certs, cfg);
+    unused_groups(cx, cfg);
+
+    Some(Plan {
+        groups: groups.into_iter().collect::<Option<_>>()?,
+        listeners: listener_plans.into_iter().collect::<Option<_>>()?,
+        rules: rule_plans.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+/// The arms of `forward` (None: a target group it names is unknown, reported at the key, or
+/// could not be read; no forward: no arms).
+fn forward_arms(
+    cx: &mut Ctx<'_>,
+    groups: &Names<'_>,
+    owner: &str,
+    forward: Option<&Spanned<Forward>>,
+) -> Option<Vec<(usize, u32)>> {
+    let Some(f) = forward else { return Some(Vec::new()) };
+    let named: Vec<(&str, u32)> = match f.get_ref() {
+        Forward::One(g) => vec![(g.as_str(), 1)],
+        Forward::Weighted(list) => list.iter().map(|a| (a.target_group.as_str(), a.weight)).collect(),
+    };
+    let mut arms = Vec::with_capacity(named.len());
+    let mut complete = true;
+    for (g, weight) in named {
+        match groups.lookup(g) {
+            Lookup::At(i) => arms.extend((weight > 0).then_some((i, weight))),
+            Lookup::Unreadable => complete = false,
+            Lookup::Unknown => {
+                cx.err(f.span(), format!("{owner} forwards to unknown target group {g:?}"));
+                complete = false;
+            }
+        }
+    }
+    complete.then_some(arms)
+}
+
+/// Warns about target groups no rule or default action forwards to, and groups with no targets.
+fn unused_groups(cx: &mut Ctx<'_>, cfg: &FileConfig) {
+    let used: HashSet<&str> = cfg
+        .rules
+        .iter()
+        .filter_map(|r| r.get_ref().forward.as_ref())
+        .chain(cfg.listeners.iter().filter_map(|l| l.get_ref().default_action.as_ref()?.get_ref().forward.as_ref()))
+        .flat_map(|f| match f.get_ref() {
+            Forward::One(g) => vec![g.as_str()],
+            Forward::Weighted(arms) => arms.iter().map(|a| a.target_group.as_str()).collect(),
+        })
+        .collect();
+    for tg in &cfg.target_groups {
+        let tg = tg.get_ref();
+        if !used.contains(tg.name.get_ref().as_str()) {
+            cx.warn(
+                tg.name.span(),
+                format!("target group {:?} is not used by any rule or default action", tg.name.get_ref()),
+            );
+        }
+        if tg.targets.is_empty() && tg.discovery.is_none() {
+            cx.warn(
+                tg.name.span(),
+                format!("target group {:?} has no targets: requests to it get 503", tg.name.get_ref()),
+            );
+        }
+    }
+}
+
+/// An optional key's compiled value: `Some(None)` when the key is absent, None when it had an
+/// error (`Some(None)` from `Option::transpose` would hide the error).
+fn optional<T>(compiled: Option<Option<T>>) -> Option<Option<T>> {
+    compiled.map_or(Some(None), |v| v.map(Some))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building (everything is checked and resolved here).
+
+fn build(input: &CompileInput<'_>, cfg: &FileConfig, sections: server::Sections, plan: Plan) -> Snapshot {
+    let metrics = input.metrics;
+    let mut server = sections.settings;
+    if let Some(prev) = input.previous {
+        // Fixed at start-up (see `restart_only`): the running values stay in force.
+        server.worker_threads = prev.server.worker_threads;
+        server.admin_bind = prev.server.admin_bind;
+    }
+
+    let mut discovery = Vec::new();
+    let mut autoscaling = Vec::new();
+    let mut upstreams: Vec<Upstream> = plan
+        .groups
+        .into_iter()
+        .map(|g| {
+            let prev = input.previous.and_then(|p| p.target_group(&g.name));
+            let specs = match g.targets {
+                Targets::Static(specs) => specs,
+                Targets::Discovered(spec) => {
+                    discovery.push((g.name.clone(), spec));
+                    prev.map(|g| g.targets().registered_specs()).unwrap_or_default()
+                }
+            };
+            if let Some(a) = g.autoscaling {
+                autoscaling.push((g.name.clone(), a));
+            }
+            let group = Arc::new(TargetGroup::new(g.name, g.settings, &specs, prev.map(|g| &**g)));
+            Upstream { group, transport: Arc::new(g.transport) }
+        })
+        .collect();
+
+    let listeners: Vec<Arc<ListenerConfig>> = plan
+        .listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, lp)| {
+            let l = lp.def;
+            let rules = plan
+                .rules
+                .iter()
+                .filter(|r| r.listeners.contains(&i))
+                .map(|r| Rule {
+                    name: r.def.name.clone(),
+                    priority: r.def.priority,
+                    conditions: r.def.conditions.clone(),
+                    action: action(metrics, &l.name, &upstreams, &r.def.action, &r.arms),
+                })
+                .collect();
+            let default = match &l.default_action {
+                Some(a) => action(metrics, &l.name, &upstreams, a, &lp.arms),
+                None => Action::Fixed(FixedAction {
+                    status: StatusCode::NOT_FOUND,
+                    content_type: HeaderValue::from_static("text/plain"),
+                    body: Bytes::from_static(b"no route\n"),
+                    codes: metrics.requests(&l.name, &"".into()),
+                }),
+            };
+            Arc::new(ListenerConfig {
+                stats: metrics.listener(&l.name),
+                own_codes: metrics.requests(&l.name, &"".into()),
+                name: l.name,
+                bind: l.bind,
+                bind_at: Some(l.bind_at),
+                protocol: l.protocol,
+                router: Router::new(rules, default),
+                tls: lp.tls,
+                max_request_body: l.max_request_body,
+            })
+        })
+        .collect();
+
+    // Arms hold their groups now; the snapshot lists groups by name.
+    upstreams.sort_by(|a, b| a.group.name.cmp(&b.group.name));
+    let json = describe(cfg, &server, input.generation);
+    let mut snap = Snapshot::new(input.generation, server, sections.access_log, listeners, upstreams, json);
+    snap.aws = sections.aws;
+    snap.cloudwatch = sections.cloudwatch;
+    snap.autoscaling = autoscaling;
+    snap.discovery = discovery;
+    snap
+}
+
+/// A checked action of `listener`, its forward arms resolved, with its metrics handles.
+fn action(
+    metrics: &Metrics,
+    listener: &Arc<str>,
+    upstreams: &[Upstream],
+    def: &ActionDef,
+    arms: &[(usize, u32)],
+) -> Action {
+    let none: Arc<str> = "".into();
+    match def {
+        ActionDef::Forward => {
+            let arms: Vec<ForwardArm> = arms
+                .iter()
+                .map(|&(i, weight)| {
+                    let Upstream { group, transport } = upstreams[i].clone();
+                    ForwardArm {
+                        codes: metrics.requests(listener, &group.name),
+                        target_response: metrics.target_response(&group.name),
+                        group_stats: metrics.group(&group.name),
+                        group,
+                        transport,
+                        weight,
+                    }
+                })
+                .collect();
+            let total_weight = arms.iter().map(|a| a.weight).sum();
+            Action::Forward(ForwardAction { arms, total_weight })
+        }
+        ActionDef::Redirect(r) => Action::Redirect(RedirectAction {
+            protocol: r.protocol.clone(),
+            host: r.host.clone(),
+            port: r.port,
+            path: r.path.clone(),
+            query: r.query.clone(),
+            status: r.status,
+            codes: metrics.requests(listener, &none),
+        }),
+        ActionDef::Fixed(f) => Action::Fixed(FixedAction {
+            status: f.status,
+            content_type: f.content_type.clone(),
+            body: f.body.clone(),
+            codes: metrics.requests(listener, &none),
+        }),
+    }
+}
+
+/// The active configuration for `GET /config`: the file as it is in force, in its own
+/// spellings (every key but `generation` is a configuration key: converted to TOML it checks and
+/// compiles to the same configuration). `[server]` shows the values in force, defaults included
+/// (a reload leaves the start-up-only settings as they were); unset optional keys are left out.
+/// Certificates appear as their file paths; no key material is ever in it.
+fn describe(cfg: &FileConfig, server: &ServerSettings, generation: u64) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    strip_nulls(&mut v);
+    v["server"]["worker_threads"] = json!(server.worker_threads);
+    v["server"]["admin_bind"] = json!(server.admin_bind.to_string());
+    v["server"]["max_connections"] = json!(server.max_connections);
+    v["generation"] = json!(generation);
+    v
+}
+
+/// Drops null members (unset optional keys) everywhere: TOML has no null.
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::balance::HealthCheck;
+
+    fn errors(text: &str) -> Vec<String> {
+        let m = Metrics::default();
+        match compile(CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None })
+        {
+            Ok(_) => vec![],
+            Err(d) => d.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn collects_every_error_with_line_and_column() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "0.0.0.0:99999"
+
+[[rules]]
+name = "a"
+listeners = ["web", "nope"]
+priority = 5
+source_ip = ["10.0.0.0/33"]
+forward = "missing"
+
+[[rules]]
+name = "b"
+listeners = ["web"]
+priority = 5
+fixed_response = { status = 200 }
+forward = "api"
+
+[[target_groups]]
+name = "api"
+targets = ["127.0.0.1"]
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:4:8: bad bind address",
+            "t.toml:8:21: rule \"a\" names unknown listener \"nope\"",
+            "t.toml:10:14: bad CIDR",
+            "t.toml:11:11: rule \"a\" forwards to unknown target group \"missing\"",
+            "t.toml:14:8: rule \"b\" needs exactly one action",
+            "t.toml:16:12: priority 5 on listener \"web\" is already used",
+            "t.toml:22:12: bad target address",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_located() {
+        let e = errors("[server]\nidle_timout = \"5s\"\n");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:2:1: unknown field `idle_timout`")), "{e:?}");
+        let e = errors("[server]\nidle_timeout = \"5 parsecs\"\n");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:2:16: invalid duration")), "{e:?}");
+        let e = errors("[server]\nidle_timeout = \"5s\"\n[listenrs]\n");
+        assert!(e.iter().any(|e| e.starts_with("t.toml:3:2: unknown key `listenrs`")), "{e:?}");
+    }
+
+    #[test]
+    fn schema_errors_are_collected_like_semantic_ones() {
+        // Key typos, bad durations, wrong types and an unknown target group: all of them, each at
+        // its key or value. An element with a bad value is still read without it (the listener's
+        // reference to "nope" is checked; the group "broken" exists for the rule, and is warned
+        // about: its targets were set aside).
+        let text = r#"
+[server]
+idle_timout = "5s"
+header_read_timeout = "soon"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+max_request_body = "big"
+default_action = { forward = "nope" }
+
+[[rules]]
+name = "a"
+listeners = ["web"]
+priority = 1
+forward = "broken"
+
+[[target_groups]]
+name = "broken"
+retries = "many"
+targets = "127.0.0.1:9000"
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:3:1: unknown field `idle_timout`",
+            "t.toml:4:23: invalid duration",
+            "t.toml:9:20: invalid type",
+            "t.toml:10:30: default_action forwards to unknown target group \"nope\"",
+            "t.toml:19:8: warning: target group \"broken\" has no targets",
+            "t.toml:20:11: invalid type",
+            "t.toml:21:11: invalid type",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn an_element_with_an_error_is_still_a_known_name() {
+        // Each mistake once: the listener, the rule and the group all have errors, and the names
+        // they give each other are not reported as unknown.
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "nope"
+default_action = { forward = "g" }
+
+[[rules]]
+name = "r"
+listeners = ["web"]
+priority = 1
+method = ["get"]
+forward = "g"
+
+[[target_groups]]
+name = "g"
+targets = ["127.0.0.1:0"]
+"#;
+        let e = errors(text);
+        let want =
+            ["t.toml:4:8: bad bind address", "t.toml:11:10: bad method", "t.toml:16:12: target \"127.0.0.1:0\" needs"];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn unset_keys_get_the_compiled_types_defaults() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:0"
+default_action = { forward = "g" }
+
+[[target_groups]]
+name = "g"
+targets = ["127.0.0.1:9000"]
+health_check = { interval = "10s" }
+
+[[target_groups]]
+name = "d"
+discovery = { ecs = { cluster = "c", service = "s", container_port = 80 } }
+"#;
+        let m = Metrics::default();
+        let input = CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None };
+        let (snap, _) = compile(input).unwrap_or_else(|d| panic!("{d}"));
+        let g = snap.upstream("g").expect("group g");
+        let hc = g.group.settings.health_check.as_ref().expect("health check");
+        let d = HealthCheck::default();
+        assert_eq!(
+            (hc.interval, hc.timeout, &hc.path, &hc.matcher),
+            (Duration::from_secs(10), d.timeout, &d.path, &d.matcher)
+        );
+        let t = Transport::new(UpstreamProtocol::Http1);
+        assert_eq!((g.transport.connect_timeout, g.transport.retries), (t.connect_timeout, t.retries));
+        assert_eq!(snap.discovery_of("d").map(DiscoverySpec::refresh), Some(DiscoverySpec::ECS_REFRESH));
+        assert_eq!(snap.listener("web").and_then(|l| l.bind_at), Some((4, 8)));
+        let names: Vec<&str> = snap.target_groups().map(|g| &*g.name).collect();
+        assert_eq!(names, ["d", "g"], "groups are listed by name");
+    }
+}
