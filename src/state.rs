@@ -18,8 +18,9 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Debug)]
 pub struct SharedState {
     snapshot: ArcSwap<Snapshot>,
-    /// The generation of the published snapshot, stored after it (connections compare it to
-    /// the one they hold: [`crate::proxy::service::Current`]).
+    /// How many snapshots were published, counted after each is stored (connections compare it
+    /// to the count they hold: [`crate::proxy::service::Current`]). A count, not the config
+    /// generation: two reloads racing each other could publish the same generation twice.
     published: AtomicU64,
     pub metrics: Arc<Metrics>,
     /// The access log sink (None when `format = "off"` at start-up).
@@ -55,7 +56,7 @@ impl SharedState {
         SharedState {
             connection_permits: Arc::new(Semaphore::new(first.server.max_connections)),
             permit_debt: AtomicUsize::new(0),
-            published: AtomicU64::new(first.generation),
+            published: AtomicU64::new(0),
             snapshot: ArcSwap::from_pointee(first),
             metrics,
             access_log,
@@ -71,7 +72,7 @@ impl SharedState {
     /// paying back what an earlier lowering still owes); lowering it withdraws the free permits
     /// at once and the rest as open connections close (see [`SharedState::owes_permit`]): no
     /// connection is cut, and none is accepted until the count is under the new cap (an accept
-    /// loop already holding a permit as the change lands admits one more).
+    /// loop that took its permit as the change lands admits that one connection).
     pub fn resize_connections(&self, from: usize, to: usize) {
         if to >= from {
             let mut more = to - from;
@@ -111,10 +112,9 @@ impl SharedState {
         self.permit_debt.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1)).is_ok()
     }
 
-    /// The generation of the published snapshot (one load; the snapshot itself is published
-    /// before it).
+    /// How many snapshots were published (one load; each snapshot is stored before it counts).
     #[inline]
-    pub fn published_generation(&self) -> u64 {
+    pub fn published_count(&self) -> u64 {
         self.published.load(Ordering::Acquire)
     }
 
@@ -129,7 +129,7 @@ impl SharedState {
         let generation = snap.generation;
         self.metrics.generation.store(generation, Ordering::Relaxed);
         self.snapshot.store(Arc::new(snap));
-        self.published.store(generation, Ordering::Release);
+        self.published.fetch_add(1, Ordering::Release);
         self.generation.send_replace(generation);
     }
 

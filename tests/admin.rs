@@ -263,6 +263,29 @@ async fn bind_errors_are_reported_at_the_bind_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pilotfish_cannot_share_a_listening_port() {
+    // Listeners are groups of SO_REUSEPORT sockets, one per worker; a second process (or a
+    // second start) on the same address must still fail as it always did, never join the group
+    // and take a share of the first one's connections.
+    let be = Backend::start("be").await;
+    let first = Lb::start(&format!("[server]\nworker_threads = 2\n{}", config(&be, "one", false)));
+    let addr = first.addr("web");
+    let text = config(&be, "two", false).replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"{addr}\""), 1);
+    let started = Server::start(Options {
+        config: ConfigSource::Text {
+            name: "second.toml".into(),
+            text: format!("[server]\nadmin_bind = \"127.0.0.1:0\"\n{text}"),
+        },
+        access_log: Some(Box::new(LogSink::default())),
+        signals: false,
+    });
+    let Err(e @ StartError::Bind(_)) = started else { panic!("a second server bound {addr}") };
+    assert!(e.to_string().contains(&format!("cannot bind {addr}")), "{e}");
+    // The first keeps serving on it.
+    assert_eq!(get(&client(), &first.url("web", "/")).await.status.as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_shows_the_whole_file_and_rebuilds_it() {
     let be = Backend::start("be").await;
     let cfg = format!(

@@ -8,7 +8,105 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use toml::Spanned;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+use serde::de::{IntoDeserializer, MapAccess, Visitor};
+
+/// A value and where the file has it. Read like `toml::Spanned` (the same protocol with the
+/// TOML deserializer), and unlike it also where the file has no text for the value: a table the
+/// file makes implicitly (`[listeners.default_action.redirect]` makes `default_action`, as does
+/// the dotted key `default_action.redirect = {...}`) is valid TOML that `toml::Spanned` refuses
+/// ("expected a borrowed string"); here it is read with an empty span at the file's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    span: Range<usize>,
+    value: T,
+}
+
+impl<T> Spanned<T> {
+    /// `value` at `span`.
+    pub fn new(span: Range<usize>, value: T) -> Self {
+        Spanned { span, value }
+    }
+
+    /// Where the value is in the file (bytes).
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.value
+    }
+
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
+
+impl<T: Serialize> Serialize for Spanned<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+// The names the TOML deserializer answers with a span (serde_spanned's protocol).
+const SPANNED: &str = "$__serde_spanned_private_Spanned";
+const SPANNED_START: &str = "$__serde_spanned_private_start";
+const SPANNED_END: &str = "$__serde_spanned_private_end";
+const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Spanned<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Spanned<T>, A::Error> {
+                use serde::de::Error;
+                let first: Option<String> = map.next_key()?;
+                if first.as_deref() == Some(SPANNED_START) {
+                    let start: usize = map.next_value()?;
+                    let end = match map.next_key::<String>()?.as_deref() {
+                        Some(SPANNED_END) => map.next_value::<usize>()?,
+                        _ => return Err(A::Error::custom("a span without its end")),
+                    };
+                    return match map.next_key::<String>()?.as_deref() {
+                        Some(SPANNED_VALUE) => Ok(Spanned { span: start..end, value: map.next_value()? }),
+                        _ => Err(A::Error::custom("a span without its value")),
+                    };
+                }
+                // No span on offer: the map is the (table) value itself.
+                let value = T::deserialize(serde::de::value::MapAccessDeserializer::new(Prepended { first, map }))?;
+                Ok(Spanned { span: 0..0, value })
+            }
+        }
+        d.deserialize_struct(SPANNED, &[SPANNED_START, SPANNED_END, SPANNED_VALUE], V(PhantomData))
+    }
+}
+
+/// A map whose first key was already read.
+struct Prepended<A> {
+    first: Option<String>,
+    map: A,
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for Prepended<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        match self.first.take() {
+            Some(k) => seed.deserialize(IntoDeserializer::<A::Error>::into_deserializer(k)).map(Some),
+            None => self.map.next_key_seed(seed),
+        }
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
 
 /// A duration written as a human string in the file (`"250ms"`, `"30s"`, `"1m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -176,12 +176,17 @@ pub fn new_request_id_value() -> HeaderValue {
 /// URI and version made right for the upstream protocol. `host` is the client's host (with port).
 pub fn prepare_head(parts: &mut request::Parts, client: &ClientInfo, host: &str, protocol: UpstreamProtocol) {
     strip_hop_by_hop(&mut parts.headers);
-    let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            // Appending needs a new value; the common case (no XFF yet) reuses the connection's.
-            HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip().to_canonical())).ok()
-        }
-        _ => Some(client.ip_value()),
+    let prev: Vec<&HeaderValue> = parts.headers.get_all(&X_FORWARDED_FOR).iter().collect();
+    let xff = if prev.iter().all(|v| v.as_bytes().trim_ascii().is_empty()) {
+        // The common case (no XFF yet) reuses the connection's value.
+        Some(client.ip_value())
+    } else {
+        // Every line the client sent, in order, then the client's address.
+        let mut v = Vec::with_capacity(64);
+        join(&mut v, &prev, b", ");
+        v.extend_from_slice(b", ");
+        v.extend_from_slice(client.ip_text());
+        HeaderValue::from_bytes(&v).ok()
     };
     if let Some(v) = xff {
         parts.headers.insert(&X_FORWARDED_FOR, v);
@@ -231,35 +236,33 @@ pub fn write_h1_head(parts: &request::Parts, client: &ClientInfo, host: &str, ch
     if !headers.contains_key(header::HOST) && HeaderValue::from_str(host).is_ok_and(|_| !host.is_empty()) {
         field(&mut out, b"host", host.as_bytes());
     }
-    // What `Connection` names is hop-by-hop too (rare: HTTP/2 forbids the field).
-    let named: Vec<HeaderName> = match headers.get(header::CONNECTION) {
-        Some(c) if c != "close" && c != "keep-alive" => headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .filter(|n| n != header::HOST)
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut prev_xff = None;
+    // HTTP/2 has no `Connection` (h2 refuses a request with one), so nothing else is named
+    // hop-by-hop by it. Cookie crumbs are joined into one field (RFC 9113 section 8.2.3): many
+    // HTTP/1.1 applications read only the first `Cookie` line.
+    let (mut xff, mut cookies) = (Vec::new(), Vec::new());
     for (n, v) in headers {
         if hop_by_hop_length(n.as_str().len()) && (HOP_BY_HOP.contains(n) || (n == header::TE && v != "trailers")) {
             continue;
         }
         if n == X_FORWARDED_FOR {
-            prev_xff = prev_xff.or(Some(v));
-            continue;
+            xff.push(v);
+        } else if n == header::COOKIE {
+            cookies.push(v);
+        } else if n != header::TRANSFER_ENCODING && n != X_FORWARDED_PROTO && n != X_FORWARDED_PORT {
+            field(&mut out, n.as_str().as_bytes(), v.as_bytes());
         }
-        if n == header::TRANSFER_ENCODING || n == X_FORWARDED_PROTO || n == X_FORWARDED_PORT || named.contains(n) {
-            continue;
-        }
-        field(&mut out, n.as_str().as_bytes(), v.as_bytes());
     }
+    if !cookies.is_empty() {
+        out.extend_from_slice(b"cookie: ");
+        join(&mut out, &cookies, b"; ");
+        out.extend_from_slice(b"\r\n");
+    }
+    // Every X-Forwarded-For line the client sent, in order, as the HTTP/1.1 engine forwards
+    // them, then the client's address.
     out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = prev_xff.and_then(|v| v.to_str().ok()).filter(|p| !p.trim().is_empty()) {
-        out.extend_from_slice(prev.as_bytes());
+    let before = out.len();
+    join(&mut out, &xff, b", ");
+    if out.len() > before {
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(client.ip_text());
@@ -271,6 +274,18 @@ pub fn write_h1_head(parts: &request::Parts, client: &ClientInfo, host: &str, ch
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Writes the non-empty `values` separated by `sep`.
+fn join(out: &mut Vec<u8>, values: &[&HeaderValue], sep: &[u8]) {
+    let mut first = true;
+    for v in values.iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty()) {
+        if !first {
+            out.extend_from_slice(sep);
+        }
+        out.extend_from_slice(v);
+        first = false;
+    }
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -312,6 +327,7 @@ mod tests {
         let c = ClientInfo::new("10.9.8.7:5555".parse().unwrap(), "https", 8443);
         let req = http::Request::post("http://a.example:8443/p?q=1")
             .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-for", "5.6.7.8")
             .header("x-forwarded-proto", "ftp")
             .header("x-forwarded-port", "1")
             .header("te", "trailers")
@@ -337,7 +353,13 @@ mod tests {
         want.sort();
         assert!(written.starts_with("POST /p?q=1 HTTP/1.1\r\n"), "{written}");
         assert_eq!(fields(&written), want, "{written}");
-        assert!(written.contains("x-forwarded-for: 1.2.3.4, 10.9.8.7\r\n") && !written.contains("keep-alive"));
+        assert!(written.contains("x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.9.8.7\r\n"), "{written}");
+        assert!(!written.contains("keep-alive"), "{written}");
+        // Cookie crumbs of an HTTP/2 request go out as one field.
+        let req = http::Request::get("/").header("cookie", "a=1").header("cookie", "b=2").body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let written = String::from_utf8(write_h1_head(&parts, &c, "h", false)).unwrap();
+        assert!(written.contains("\r\ncookie: a=1; b=2\r\n") && written.matches("cookie").count() == 1, "{written}");
     }
 
     #[test]

@@ -32,8 +32,22 @@ use crate::telemetry::metrics::ListenerStats;
 
 /// Binds `count` listening sockets on `addr` with `SO_REUSEPORT` (and `SO_REUSEADDR`: restarts
 /// do not wait for TIME_WAIT), one per worker: the kernel hashes each new connection to one of
-/// them. With port 0 the first socket picks the port and the others join it.
+/// them. Another process of the same user that also sets `SO_REUSEPORT` could still join the
+/// group once it listens (as with nginx's `reuseport`); one that does not cannot.
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    // First a socket without SO_REUSEPORT: it cannot bind where anything listens (another
+    // pilotfish, a second start, another listener of this one), so the group below never joins
+    // sockets that are not its own (a bind conflict stays the EADDRINUSE it always was). It
+    // also picks the port for port 0.
+    let probe =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())?;
+    let addr = probe.local_addr()?.as_socket().unwrap_or(addr);
+    drop(probe);
     let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
     for _ in 0..count.max(1) {
         let at = sockets.first().map_or(Ok(addr), |s| s.local_addr())?;

@@ -58,11 +58,12 @@ impl From<&ServerSettings> for ConnSettings {
 }
 
 /// The published snapshot and this connection's listener in it, as of the connection's last
-/// request: refreshed when the published generation changes, so a request costs one relaxed
-/// load instead of an `ArcSwap` load and a lookup by name. A request that races a reload may
+/// request: refreshed when another snapshot has been published, so a request costs one load of
+/// a counter instead of an `ArcSwap` load and a lookup by name (HTTP/1.1 connections; an HTTP/2
+/// stream loads the snapshot). A request that races a reload may
 /// run on the snapshot before it, as it could have started a moment earlier.
 pub struct Current {
-    generation: u64,
+    published: u64,
     pub snap: Arc<Snapshot>,
     pub listener: Arc<ListenerConfig>,
 }
@@ -70,17 +71,17 @@ pub struct Current {
 impl Current {
     /// What is published now.
     pub fn new(ctx: &ConnCtx) -> Current {
-        // The generation first: a snapshot published after it is only ever newer.
-        let generation = ctx.state.published_generation();
+        // The count first: a snapshot published after it is only ever newer.
+        let published = ctx.state.published_count();
         let snap = ctx.state.load();
         let listener = ctx.listener(&snap).clone();
-        Current { generation, snap, listener }
+        Current { published, snap, listener }
     }
 
     /// Catches up with a reload, if one was published since.
     #[inline]
     pub fn refresh(&mut self, ctx: &ConnCtx) {
-        if ctx.state.published_generation() != self.generation {
+        if ctx.state.published_count() != self.published {
             *self = Current::new(ctx);
         }
     }

@@ -53,7 +53,7 @@ impl Workers {
 
     /// Counts a connection as open on the calling worker until the guard drops.
     pub fn open_here(self: &Arc<Self>) -> OpenGuard {
-        let index = current_index().min(self.open.len() - 1);
+        let index = current_index().min(self.open.len().saturating_sub(1));
         self.open[index].fetch_add(1, Ordering::Relaxed);
         OpenGuard { workers: self.clone(), index }
     }

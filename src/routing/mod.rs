@@ -229,6 +229,11 @@ impl<A> Router<A> {
         &self.rules
     }
 
+    /// What a request no rule matches gets.
+    pub fn default_action(&self) -> &A {
+        &self.default
+    }
+
     /// Finds the action for `req`.
     #[inline]
     pub fn route(&self, req: &RequestView<'_>) -> Route<'_, A> {

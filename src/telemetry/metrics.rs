@@ -17,11 +17,11 @@ use crate::shard::{Counter, Sharded};
 /// Histogram bucket upper bounds in seconds (ALB-ish latency range).
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// One worker's share of a [`Histogram`].
+/// One worker's share of a [`Histogram`]: a count per bucket, the last one +Inf (the total is
+/// their sum, so a reader never sees an observation counted but in no bucket).
 #[derive(Debug, Default)]
 struct HistogramShard {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
 
@@ -38,33 +38,27 @@ impl Histogram {
     pub fn observe(&self, d: Duration) {
         let h = self.shards.local();
         let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|&b| secs <= b) {
-            h.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
+        let i = BUCKETS.iter().position(|&b| secs <= b).unwrap_or(BUCKETS.len());
+        h.buckets[i].fetch_add(1, Ordering::Relaxed);
         h.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Number of observations.
     pub fn count(&self) -> u64 {
-        self.shards.iter().map(|h| h.count.load(Ordering::Relaxed)).sum()
+        self.shards.iter().flat_map(|h| h.buckets.iter()).map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     /// Per-bucket counts (not cumulative; upper bounds in [`BUCKETS`], then +Inf), count and sum
     /// in µs, summed over the shards.
     pub fn snapshot(&self) -> ([u64; BUCKETS.len() + 1], u64, u64) {
-        let (mut b, mut count, mut sum) = ([0u64; BUCKETS.len() + 1], 0, 0);
+        let (mut b, mut sum) = ([0u64; BUCKETS.len() + 1], 0);
         for h in self.shards.iter() {
-            // Count first: an observation landing meanwhile is in a bucket, never missing from
-            // one while counted (+Inf stays >= 0).
-            count += h.count.load(Ordering::Relaxed);
             for (i, c) in h.buckets.iter().enumerate() {
                 b[i] += c.load(Ordering::Relaxed);
             }
             sum += h.sum_micros.load(Ordering::Relaxed);
         }
-        b[BUCKETS.len()] = count.saturating_sub(b[..BUCKETS.len()].iter().sum());
-        (b, count, sum)
+        (b, b.iter().sum(), sum)
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -74,7 +68,6 @@ impl Histogram {
             cum += c;
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cum}");
         }
-        let count = count.max(cum);
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 / 1e6);
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
@@ -364,5 +357,37 @@ mod tests {
         assert!(text.contains("pilotfish_requests_total{listener=\"web\",target_group=\"api\",code=\"200\"} 2"));
         assert!(text.contains("pilotfish_request_duration_seconds_bucket{listener=\"web\",le=\"0.005\"} 1"));
         assert!(text.contains("pilotfish_request_duration_seconds_count{listener=\"web\"} 1"));
+    }
+
+    #[test]
+    fn sharded_histograms_and_counters_sum_over_the_workers() {
+        let h = Arc::new(Histogram::default());
+        let c = Arc::new(CodeCounters::default());
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (h, c) = (h.clone(), c.clone());
+                std::thread::spawn(move || {
+                    crate::shard::enter_worker(w);
+                    for _ in 0..100 {
+                        h.observe(Duration::from_millis(3));
+                        c.inc(200);
+                    }
+                    h.observe(Duration::from_secs(60)); // beyond the last bound: +Inf
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|t| t.join().unwrap());
+        let (b, count, sum) = h.snapshot();
+        assert_eq!(count, 404);
+        assert_eq!(b[2], 400, "the 5 ms bucket: {b:?}");
+        assert_eq!(b[BUCKETS.len()], 4, "+Inf: {b:?}");
+        assert_eq!(sum, 400 * 3_000 + 4 * 60_000_000);
+        assert_eq!((c.get(200), c.total()), (400, 400));
+        let mut out = String::new();
+        h.render(&mut out, "x", "l=\"a\"");
+        assert!(
+            out.contains("x_bucket{l=\"a\",le=\"30\"} 400\n") && out.contains("x_bucket{l=\"a\",le=\"+Inf\"} 404\n"),
+            "{out}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
 
-use toml::Spanned;
+use crate::config::file::Spanned;
 
 use super::rule::{self, ActionDef};
 use super::{optional, valid_name, Ctx};

@@ -26,10 +26,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::file::Spanned;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde_json::json;
-use toml::Spanned;
 
 use super::file::{self, FileConfig, Forward};
 use super::snapshot::*;
@@ -563,6 +563,66 @@ targets = ["127.0.0.1"]
             assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
         }
         assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn pieces_read_alone_keep_dotted_keys_and_refuse_misshapen_sections() {
+        // Dotted keys (valid TOML) at the root and inside an element, next to an error elsewhere:
+        // only that error, and the checks after it still see the dotted values at their places.
+        let text = r#"server.idle_timeout = "5s"
+server.max_headers = 80
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_action.fixed_response = { status = 404 }
+bogus = 1
+
+[[listeners]]
+name = "other"
+bind = "nowhere"
+"#;
+        let e = errors(text);
+        let want = ["t.toml:8:1: unknown field `bogus`", "t.toml:12:8: bad bind address"];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+        // A section written as an array of tables is an error, not the defaults.
+        let e = errors("[[server]]\nidle_timeout = \"5s\"\n[listenrs]\n");
+        assert!(e.iter().any(|x| x.starts_with("t.toml:1:1: invalid type")), "{e:#?}");
+        assert!(e.iter().any(|x| x.starts_with("t.toml:3:2: unknown key `listenrs`")), "{e:#?}");
+    }
+
+    #[test]
+    fn tables_the_file_makes_implicitly_are_read() {
+        // Valid TOML that toml's own Spanned refuses: `default_action` made by a sub-table
+        // header, a rule's `redirect` by dotted keys.
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[listeners.default_action.fixed_response]
+status = 404
+body = "none here"
+
+[[rules]]
+name = "old"
+listeners = ["web"]
+priority = 1
+path = ["/old"]
+redirect.path = "/new"
+redirect.status = 302
+"#;
+        let m = Metrics::default();
+        let input = CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None };
+        let (snap, _) = compile(input).unwrap_or_else(|d| panic!("{d}"));
+        let listener = snap.listener("web").unwrap();
+        assert!(
+            matches!(listener.router.default_action(), Action::Fixed(f) if f.status == 404 && &f.body[..] == b"none here")
+        );
+        assert!(matches!(&listener.router.rules()[0].action, Action::Redirect(r) if r.status == 302));
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::ops::Range;
 
+use crate::config::file::Spanned;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
-use toml::Spanned;
 
 use super::{valid_name, Ctx, MAX_WEIGHT};
 use crate::config::file::{self, Forward};

@@ -109,7 +109,7 @@ fn aws(cx: &mut Ctx<'_>, cfg: &FileConfig) -> Option<AwsSettings> {
     cx.clean_since(mark).then_some(settings)
 }
 
-fn cloudwatch(cx: &mut Ctx<'_>, cw: &toml::Spanned<file::CloudWatch>) -> Option<CloudWatchSettings> {
+fn cloudwatch(cx: &mut Ctx<'_>, cw: &file::Spanned<file::CloudWatch>) -> Option<CloudWatchSettings> {
     let mark = cx.mark();
     let c = cw.get_ref();
     if c.namespace.is_empty() || c.namespace.starts_with("AWS/") {

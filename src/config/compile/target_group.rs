@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use toml::Spanned;
+use crate::config::file::Spanned;
 
 use super::{optional, valid_name, Ctx, MAX_WEIGHT};
 use crate::balance::{Algorithm, GroupSettings, HealthCheck, TargetSpec};

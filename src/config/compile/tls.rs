@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::config::file::Spanned;
 use rustls::pki_types::ServerName;
-use toml::Spanned;
 
 use super::listener::ListenerTls;
 use super::{valid_name, Ctx};
