@@ -8,6 +8,8 @@
 //! There are [`count`] shards (the machine's cores, at most 64); worker `i` uses shard
 //! `i % count()`, threads that are not workers (the control thread, tests) shard 0.
 
+#![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
+
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
