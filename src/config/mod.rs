@@ -105,12 +105,12 @@ impl<'a> SourceMap<'a> {
 /// the size of the file. An element that cannot be read at all is left out; its name is kept in
 /// [`file::FileConfig::unreadable`] so that references to it are not reported as unknown as well.
 pub fn parse(map: &SourceMap<'_>, text: &str) -> Result<(file::FileConfig, Vec<ConfigError>), Diagnostics> {
-    let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
-        Diagnostics(vec![map.diag(e.span().unwrap_or(0..0), Severity::Error, e.message().trim_end().to_string())])
-    })?;
     if let Ok(cfg) = toml::from_str::<file::FileConfig>(text) {
         return Ok((cfg, Vec::new()));
     }
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+        Diagnostics(vec![map.diag(e.span().unwrap_or(0..0), Severity::Error, e.message().trim_end().to_string())])
+    })?;
     let root = doc.as_table();
     let mut starts = Vec::new();
     header_starts(root, &mut starts);

@@ -151,24 +151,36 @@ impl ForwardAction {
     }
 }
 
-/// `redirect`: unset parts keep the request's values.
-#[derive(Debug)]
-pub struct RedirectAction {
+/// Where a `redirect` sends the client: unset parts keep the request's values.
+#[derive(Debug, Clone)]
+pub struct Redirect {
     pub protocol: Option<Box<str>>,
     pub host: Option<Box<str>>,
     pub port: Option<u16>,
     pub path: Option<Box<str>>,
     pub query: Option<Box<str>>,
     pub status: StatusCode,
-    pub codes: Arc<CodeCounters>,
 }
 
-/// `fixed_response`.
-#[derive(Debug)]
-pub struct FixedAction {
+/// What a `fixed_response` answers.
+#[derive(Debug, Clone)]
+pub struct FixedResponse {
     pub status: StatusCode,
     pub content_type: HeaderValue,
     pub body: Bytes,
+}
+
+/// `redirect` on one listener, with the counters of its answers.
+#[derive(Debug)]
+pub struct RedirectAction {
+    pub to: Redirect,
+    pub codes: Arc<CodeCounters>,
+}
+
+/// `fixed_response` on one listener, with the counters of its answers.
+#[derive(Debug)]
+pub struct FixedAction {
+    pub response: FixedResponse,
     pub codes: Arc<CodeCounters>,
 }
 

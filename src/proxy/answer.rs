@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 
 use super::body::RespBody;
 use super::error::ProxyError;
-use crate::config::snapshot::FixedAction;
+use crate::config::snapshot::FixedResponse;
 
 /// A response the balancer gives itself.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ impl Answer {
     }
 
     /// A configured `fixed_response`.
-    pub fn fixed(f: &FixedAction) -> Answer {
+    pub fn fixed(f: &FixedResponse) -> Answer {
         Answer {
             status: f.status,
             close: false,

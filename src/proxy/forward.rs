@@ -233,7 +233,8 @@ pub fn write_h1_head(parts: &request::Parts, client: &ClientInfo, host: &str, ch
     out.push(b' ');
     out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) && HeaderValue::from_str(host).is_ok_and(|_| !host.is_empty()) {
+    // `host` is the request's, already checked (`h2::request_host`).
+    if !host.is_empty() && !headers.contains_key(header::HOST) {
         field(&mut out, b"host", host.as_bytes());
     }
     // HTTP/2 has no `Connection` (h2 refuses a request with one), so nothing else is named

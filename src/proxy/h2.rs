@@ -147,10 +147,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         let rule = route.rule.map(|r| r.name.clone());
         log.with(|r| r.rule = rule);
         match route.action {
-            Action::Fixed(f) => answered(Answer::fixed(f), &listener.stats, &f.codes, None, &mut log),
+            Action::Fixed(f) => answered(Answer::fixed(&f.response), &listener.stats, &f.codes, None, &mut log),
             Action::Redirect(rd) => {
-                let loc = redirect_location(rd, &ctx.client, &host, req.uri().path(), req.uri().query());
-                answered(Answer::redirect(rd.status, &loc), &listener.stats, &rd.codes, None, &mut log)
+                let loc = redirect_location(&rd.to, &ctx.client, &host, req.uri().path(), req.uri().query());
+                answered(Answer::redirect(rd.to.status, &loc), &listener.stats, &rd.codes, None, &mut log)
             }
             Action::Forward(fw) => {
                 let arm = fw.choose();

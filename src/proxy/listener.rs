@@ -39,34 +39,29 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
     // pilotfish, a second start, another listener of this one), so the group below never joins
     // sockets that are not its own (a bind conflict stays the EADDRINUSE it always was). It
     // also picks the port for port 0.
-    let probe =
+    let addr = bound(addr, false)?.local_addr()?.as_socket().unwrap_or(addr);
+    (0..count.max(1))
+        .map(|_| {
+            let socket = bound(addr, true)?;
+            socket.set_nonblocking(true)?;
+            socket.listen(4096)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// A TCP socket bound to `addr` with `SO_REUSEADDR` (IPv6 only for an IPv6 address), and
+/// `SO_REUSEPORT` when `shared`.
+fn bound(addr: SocketAddr, shared: bool) -> io::Result<socket2::Socket> {
+    let socket =
         socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    probe.set_reuse_address(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(shared)?;
     if addr.is_ipv6() {
-        probe.set_only_v6(true)?;
+        socket.set_only_v6(true)?;
     }
-    probe.bind(&addr.into())?;
-    let addr = probe.local_addr()?.as_socket().unwrap_or(addr);
-    drop(probe);
-    let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(count.max(1));
-    for _ in 0..count.max(1) {
-        let at = sockets.first().map_or(Ok(addr), |s| s.local_addr())?;
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        if at.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&at.into())?;
-        socket.listen(4096)?;
-        sockets.push(socket.into());
-    }
-    Ok(sockets)
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// Accepts connections on `listener`, this worker's socket of listener `name`, until `stop`

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::answer::Answer;
 use super::forward::ClientInfo;
 use crate::config::snapshot::AccessLogFormat;
-use crate::config::snapshot::{ForwardArm, ListenerConfig, RedirectAction, ServerSettings, Snapshot};
+use crate::config::snapshot::{ForwardArm, ListenerConfig, Redirect, ServerSettings, Snapshot};
 use crate::state::SharedState;
 use crate::telemetry::access_log::{secs, AccessLog, Record};
 use crate::telemetry::metrics::{CodeCounters, ListenerStats};
@@ -274,13 +274,7 @@ pub fn count_answer(a: &Answer, codes: &CodeCounters, arm: Option<&ForwardArm>) 
 
 /// The `Location` of a redirect: unset parts keep the request's protocol, host, port (the
 /// listener's), path and query; default ports are left out.
-pub fn redirect_location(
-    rd: &RedirectAction,
-    client: &ClientInfo,
-    host: &str,
-    path: &str,
-    query: Option<&str>,
-) -> String {
+pub fn redirect_location(rd: &Redirect, client: &ClientInfo, host: &str, path: &str, query: Option<&str>) -> String {
     let proto = rd.protocol.as_deref().unwrap_or(client.proto);
     let host = rd.host.as_deref().unwrap_or(host);
     let port = rd.port.unwrap_or(if rd.protocol.is_some() && rd.protocol.as_deref() != Some(client.proto) {

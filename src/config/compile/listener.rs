@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::config::file::Spanned;
 
 use super::rule::{self, ActionDef};
-use super::{optional, valid_name, Ctx};
+use super::{check_name, optional, Ctx};
 use crate::config::file;
 use crate::config::snapshot::ListenerProtocol;
 
@@ -50,12 +50,7 @@ pub(super) fn compile_all(cx: &mut Ctx<'_>, list: &[Spanned<file::Listener>]) ->
         .map(|l| {
             let mark = cx.mark();
             let l = l.get_ref();
-            let name = l.name.get_ref();
-            if !valid_name(name) {
-                cx.err(l.name.span(), format!("bad listener name {name:?}: use letters, digits, '-', '_' and '.'"));
-            } else if !names.insert(name.as_str()) {
-                cx.err(l.name.span(), format!("duplicate listener name {name:?}"));
-            }
+            check_name(cx, "listener", &l.name, &mut names);
             compile(cx, l, &mut binds).filter(|_| cx.clean_since(mark))
         })
         .collect()

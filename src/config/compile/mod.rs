@@ -350,6 +350,17 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
+/// Checks the name of an element of `kind` ("listener", "rule", …): its characters, and that no
+/// earlier element of the kind has it (`seen`).
+fn check_name<'a>(cx: &mut Ctx<'_>, kind: &str, name: &'a Spanned<String>, seen: &mut HashSet<&'a str>) {
+    let n = name.get_ref();
+    if !valid_name(n) {
+        cx.err(name.span(), format!("bad {kind} name {n:?}: use letters, digits, '-', '_' and '.'"));
+    } else if !seen.insert(n.as_str()) {
+        cx.err(name.span(), format!("duplicate {kind} name {n:?}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Building (everything is checked and resolved here).
 
@@ -404,9 +415,11 @@ fn build(input: &CompileInput<'_>, cfg: &FileConfig, sections: server::Sections,
             let default = match &l.default_action {
                 Some(a) => action(metrics, &l.name, &upstreams, a, &lp.arms),
                 None => Action::Fixed(FixedAction {
-                    status: StatusCode::NOT_FOUND,
-                    content_type: HeaderValue::from_static("text/plain"),
-                    body: Bytes::from_static(b"no route\n"),
+                    response: FixedResponse {
+                        status: StatusCode::NOT_FOUND,
+                        content_type: HeaderValue::from_static("text/plain"),
+                        body: Bytes::from_static(b"no route\n"),
+                    },
                     codes: metrics.requests(&l.name, &"".into()),
                 }),
             };
@@ -463,21 +476,12 @@ fn action(
             let total_weight = arms.iter().map(|a| a.weight).sum();
             Action::Forward(ForwardAction { arms, total_weight })
         }
-        ActionDef::Redirect(r) => Action::Redirect(RedirectAction {
-            protocol: r.protocol.clone(),
-            host: r.host.clone(),
-            port: r.port,
-            path: r.path.clone(),
-            query: r.query.clone(),
-            status: r.status,
-            codes: metrics.requests(listener, &none),
-        }),
-        ActionDef::Fixed(f) => Action::Fixed(FixedAction {
-            status: f.status,
-            content_type: f.content_type.clone(),
-            body: f.body.clone(),
-            codes: metrics.requests(listener, &none),
-        }),
+        ActionDef::Redirect(r) => {
+            Action::Redirect(RedirectAction { to: r.clone(), codes: metrics.requests(listener, &none) })
+        }
+        ActionDef::Fixed(f) => {
+            Action::Fixed(FixedAction { response: f.clone(), codes: metrics.requests(listener, &none) })
+        }
     }
 }
 
@@ -620,9 +624,9 @@ redirect.status = 302
         let (snap, _) = compile(input).unwrap_or_else(|d| panic!("{d}"));
         let listener = snap.listener("web").unwrap();
         assert!(
-            matches!(listener.router.default_action(), Action::Fixed(f) if f.status == 404 && &f.body[..] == b"none here")
+            matches!(listener.router.default_action(), Action::Fixed(f) if f.response.status == 404 && &f.response.body[..] == b"none here")
         );
-        assert!(matches!(&listener.router.rules()[0].action, Action::Redirect(r) if r.status == 302));
+        assert!(matches!(&listener.router.rules()[0].action, Action::Redirect(r) if r.to.status == 302));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 
-use super::{valid_name, Ctx, MAX_WEIGHT};
+use super::{check_name, Ctx, MAX_WEIGHT};
 use crate::config::file::{self, Forward};
+use crate::config::snapshot::{FixedResponse, Redirect};
 use crate::routing::{Conditions, Pattern};
 
 /// ALB's limits, which pilotfish follows so configs move between the two.
@@ -31,25 +32,8 @@ pub(super) struct RuleDef {
 /// A checked action. A forward's target groups are references, resolved from its `forward` key.
 pub(super) enum ActionDef {
     Forward,
-    Redirect(RedirectDef),
-    Fixed(FixedDef),
-}
-
-/// A checked `redirect`.
-pub(super) struct RedirectDef {
-    pub protocol: Option<Box<str>>,
-    pub host: Option<Box<str>>,
-    pub port: Option<u16>,
-    pub path: Option<Box<str>>,
-    pub query: Option<Box<str>>,
-    pub status: StatusCode,
-}
-
-/// A checked `fixed_response`.
-pub(super) struct FixedDef {
-    pub status: StatusCode,
-    pub content_type: HeaderValue,
-    pub body: Bytes,
+    Redirect(Redirect),
+    Fixed(FixedResponse),
 }
 
 /// Checks and compiles every rule (an element with an error is None).
@@ -59,12 +43,7 @@ pub(super) fn compile_all(cx: &mut Ctx<'_>, list: &[Spanned<file::Rule>]) -> Vec
         .map(|r| {
             let mark = cx.mark();
             let r = r.get_ref();
-            let name = r.name.get_ref();
-            if !valid_name(name) {
-                cx.err(r.name.span(), format!("bad rule name {name:?}: use letters, digits, '-', '_' and '.'"));
-            } else if !names.insert(name.as_str()) {
-                cx.err(r.name.span(), format!("duplicate rule name {name:?}"));
-            }
+            check_name(cx, "rule", &r.name, &mut names);
             compile(cx, r).filter(|_| cx.clean_since(mark))
         })
         .collect()
@@ -245,7 +224,7 @@ pub(super) fn action(
             cx.err(r.span(), format!("{owner}: redirect port must be 1..=65535"));
         }
         def = status.map(|status| {
-            ActionDef::Redirect(RedirectDef {
+            ActionDef::Redirect(Redirect {
                 protocol: rd.protocol.as_deref().map(Into::into),
                 host: rd.host.as_deref().map(Into::into),
                 port: rd.port,
@@ -269,7 +248,7 @@ pub(super) fn action(
             cx.err(f.span(), format!("{owner}: fixed_response body is larger than {MAX_FIXED_BODY} bytes"));
         }
         def = status.zip(content_type).map(|(status, content_type)| {
-            ActionDef::Fixed(FixedDef { status, content_type, body: Bytes::from(fr.body.clone()) })
+            ActionDef::Fixed(FixedResponse { status, content_type, body: Bytes::from(fr.body.clone()) })
         });
     }
     def.filter(|_| cx.clean_since(mark))

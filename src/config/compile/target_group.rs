@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::file::Spanned;
 
-use super::{optional, valid_name, Ctx, MAX_WEIGHT};
+use super::{check_name, optional, Ctx, MAX_WEIGHT};
 use crate::balance::{Algorithm, GroupSettings, HealthCheck, TargetSpec};
 use crate::config::file::{self, TargetEntry};
 use crate::config::snapshot::{
@@ -48,15 +48,7 @@ pub(super) fn compile_all(
     list.iter()
         .map(|tg| {
             let mark = cx.mark();
-            let name = tg.get_ref().name.get_ref();
-            if !valid_name(name) {
-                cx.err(
-                    tg.get_ref().name.span(),
-                    format!("bad target group name {name:?}: use letters, digits, '-', '_' and '.'"),
-                );
-            } else if !names.insert(name.as_str()) {
-                cx.err(tg.get_ref().name.span(), format!("duplicate target group name {name:?}"));
-            }
+            check_name(cx, "target group", &tg.get_ref().name, &mut names);
             let def = compile(cx, tg, has_cloudwatch);
             def.filter(|_| cx.clean_since(mark))
         })

@@ -242,13 +242,13 @@ async fn exchange<S: ClientIo>(
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Fixed(f) => {
-            let a = Answer::fixed(f);
+            let a = Answer::fixed(&f.response);
             count_answer(&a, &f.codes, None);
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Redirect(rd) => {
-            let loc = redirect_location(rd, &ctx.client, &host, path, query);
-            let a = Answer::redirect(rd.status, &loc);
+            let loc = redirect_location(&rd.to, &ctx.client, &host, path, query);
+            let a = Answer::redirect(rd.to.status, &loc);
             count_answer(&a, &rd.codes, None);
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
