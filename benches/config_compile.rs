@@ -42,6 +42,7 @@ fn bench(c: &mut Criterion) {
                         metrics: &metrics,
                         generation: 1,
                         base_dir: None,
+                        material: &Default::default(),
                     });
                     assert_eq!(out.is_ok(), broken.is_none());
                     black_box(out.is_ok())

@@ -237,6 +237,7 @@ targets = ["{b1}", "{b2}"]
         config: ConfigSource::Text { name: "e2e".into(), text: config },
         access_log: None,
         signals: false,
+        poll: None,
     })
     .expect("pilotfish starts");
     let mut roots = rustls::RootCertStore::empty();

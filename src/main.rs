@@ -1,6 +1,5 @@
 //! The `pilotfish` command: `run`, `check`, `demo`, `healthcheck`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,14 +22,19 @@ struct Cli {
 enum Command {
     /// Run the load balancer.
     Run {
-        /// Configuration file.
-        #[arg(short, long, env = "PILOTFISH_CONFIG", default_value = "pilotfish.toml")]
-        config: PathBuf,
+        /// The configuration: a file, s3://BUCKET/KEY or ssm:/PARAMETER/NAME.
+        #[arg(short, long, env = "PILOTFISH_CONFIG", default_value = "pilotfish.toml", value_parser = ConfigSource::parse)]
+        config: ConfigSource,
+        /// Check the configuration's source this often and reload when it changed ("30s"; "0s":
+        /// never). Default: never for files, 60s for S3 and SSM.
+        #[arg(long, env = "PILOTFISH_POLL", value_parser = humantime::parse_duration)]
+        poll: Option<Duration>,
     },
     /// Validate a configuration: prints a summary (exit 0) or FILE:LINE:COL errors (exit 2).
     Check {
-        #[arg(short, long, env = "PILOTFISH_CONFIG", default_value = "pilotfish.toml")]
-        config: PathBuf,
+        /// The configuration: a file, s3://BUCKET/KEY or ssm:/PARAMETER/NAME.
+        #[arg(short, long, env = "PILOTFISH_CONFIG", default_value = "pilotfish.toml", value_parser = ConfigSource::parse)]
+        config: ConfigSource,
     },
     /// Start two demo backends and the balancer on 127.0.0.1:8080 (admin 9901).
     Demo,
@@ -49,7 +53,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(ConfigSource::File(config)),
+        Command::Run { config, poll } => run(config, poll),
         Command::Check { config } => return check(&config),
         Command::Demo => demo(),
         Command::Healthcheck { url } => return healthcheck(&url),
@@ -63,8 +67,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: ConfigSource) -> anyhow::Result<ExitCode> {
-    let server = match Server::start(Options { config, access_log: None, signals: true }) {
+fn run(config: ConfigSource, poll: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let server = match Server::start(Options { config, access_log: None, signals: true, poll }) {
         Ok(s) => s,
         Err(StartError::Config(d)) => {
             eprintln!("{d}");
@@ -77,23 +81,24 @@ fn run(config: ConfigSource) -> anyhow::Result<ExitCode> {
     Ok(if cut == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(source: &ConfigSource) -> ExitCode {
     let metrics = pilotfish::telemetry::metrics::Metrics::default();
-    let text = match pilotfish::config::read(path) {
-        Ok(t) => t,
+    let (doc, material, _) = match pilotfish::server::load(source, &metrics) {
+        Ok(x) => x,
         Err(d) => {
             eprintln!("{d}");
             return ExitCode::from(2);
         }
     };
-    let name = path.display().to_string();
+    let name = doc.name.clone();
     let input = pilotfish::config::CompileInput {
         name: &name,
-        text: &text,
+        text: &doc.text,
         previous: None,
         metrics: &metrics,
         generation: 1,
-        base_dir: path.parent(),
+        base_dir: source.base_dir(),
+        material: &material,
     };
     match pilotfish::config::compile(input) {
         Ok((snap, warnings)) => {
@@ -137,6 +142,7 @@ fn demo() -> anyhow::Result<ExitCode> {
         config: ConfigSource::Text { name: "<demo>".into(), text: pilotfish::demo::config(a, b) },
         access_log: None,
         signals: true,
+        poll: None,
     })
     .context("starting the demo (is 127.0.0.1:8080 or :9901 in use?)")?;
     eprintln!("{}", pilotfish::demo::TRY);

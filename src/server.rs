@@ -5,25 +5,20 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::material::{self, Material};
 use crate::config::{self, CompileInput, Diagnostics};
+use crate::control::material::Cache;
+pub use crate::control::source::ConfigSource;
+use crate::control::source::Document;
 use crate::control::thread::ControlThread;
 use crate::control::Control;
 use crate::proxy::workers::WorkerThreads;
 use crate::state::SharedState;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
-
-/// Where the configuration comes from.
-pub enum ConfigSource {
-    /// A file, re-read on every reload.
-    File(PathBuf),
-    /// Text (the demo, tests); `name` is used in messages.
-    Text { name: String, text: String },
-}
 
 /// How to start.
 pub struct Options {
@@ -32,6 +27,31 @@ pub struct Options {
     pub access_log: Option<Box<dyn Write + Send>>,
     /// Install SIGHUP (reload) and SIGTERM/SIGINT (shutdown) handlers on the control thread.
     pub signals: bool,
+    /// `--poll`: how often the source is checked for a new version (None: the source's
+    /// default, [`ConfigSource::default_poll`]; zero: never).
+    pub poll: Option<Duration>,
+}
+
+/// Reads `source` and fetches what it reads from AWS (waiting for the network): the inputs of
+/// a first compile (start-up, `pilotfish check`).
+pub fn load(source: &ConfigSource, metrics: &Metrics) -> Result<(Document, Material, Cache), Diagnostics> {
+    let doc = match source {
+        ConfigSource::File(p) => Document {
+            name: source.location(),
+            version: crate::control::source::file_version(p),
+            text: config::read(p)?,
+        },
+        ConfigSource::Text { name, text } => Document { name: name.clone(), text: text.clone(), version: None },
+        _ => crate::control::block_on(crate::control::source::read(source))?,
+    };
+    let wanted = material::wanted(&doc.name, &doc.text);
+    let cache = Mutex::new(Cache::default());
+    let material = if wanted.is_empty() {
+        Material::default()
+    } else {
+        crate::control::block_on(crate::control::material::fetch(&wanted, &cache, metrics))
+    };
+    Ok((doc, material, cache.into_inner().unwrap_or_default()))
 }
 
 /// Why start-up failed.
@@ -60,21 +80,16 @@ pub struct Server {
 impl Server {
     /// Compiles the configuration, binds every listener and the admin API, and starts serving.
     pub fn start(opts: Options) -> Result<Server, StartError> {
-        let (name, text, path) = match opts.config {
-            ConfigSource::File(p) => {
-                let text = config::read(&p).map_err(StartError::Config)?;
-                (p.display().to_string(), text, Some(p))
-            }
-            ConfigSource::Text { name, text } => (name, text, None),
-        };
         let metrics = Arc::new(Metrics::default());
+        let (doc, material, cache) = load(&opts.config, &metrics).map_err(StartError::Config)?;
         let (snap, warnings) = config::compile(CompileInput {
-            name: &name,
-            text: &text,
+            name: &doc.name,
+            text: &doc.text,
             previous: None,
             metrics: &metrics,
             generation: 1,
-            base_dir: path.as_deref().and_then(|p| p.parent()),
+            base_dir: opts.config.base_dir(),
+            material: &material,
         })
         .map_err(StartError::Config)?;
         for w in warnings.warnings() {
@@ -90,7 +105,9 @@ impl Server {
         let state = Arc::new(SharedState::new(snap, metrics, access_log));
 
         let runtime = WorkerThreads::start(workers).map_err(StartError::Runtime)?;
-        let control = Arc::new(Control::new(state.clone(), path, runtime.workers()));
+        let poll = opts.poll.or_else(|| opts.config.default_poll());
+        let name = doc.name.clone();
+        let control = Arc::new(Control::new(state.clone(), opts.config, doc, cache, runtime.workers()));
         control
             .start_listeners(&name)
             .map_err(|errors| StartError::Bind(errors.iter().map(ToString::to_string).collect()))?;
@@ -100,7 +117,8 @@ impl Server {
         admin.set_nonblocking(true).map_err(|source| StartError::Admin { addr: admin_bind, source })?;
         let admin_addr = admin.local_addr().unwrap_or(admin_bind);
 
-        let control_thread = ControlThread::start(control.clone(), admin, opts.signals).map_err(StartError::Runtime)?;
+        let control_thread =
+            ControlThread::start(control.clone(), admin, opts.signals, poll).map_err(StartError::Runtime)?;
         tracing::info!(admin = %admin_addr, workers, "pilotfish is serving");
         Ok(Server { control, admin_addr, runtime: Some(runtime), control_thread: Some(control_thread) })
     }

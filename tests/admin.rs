@@ -255,6 +255,7 @@ async fn bind_errors_are_reported_at_the_bind_key() {
         config: ConfigSource::Text { name: "start.toml".into(), text },
         access_log: Some(Box::new(LogSink::default())),
         signals: false,
+        poll: None,
     });
     let Err(e @ StartError::Bind(_)) = started else { panic!("start-up binds a taken port") };
     let want = format!("start.toml:{}:8: listener \"extra\": cannot bind {addr}", line + 2);
@@ -278,6 +279,7 @@ async fn a_second_pilotfish_cannot_share_a_listening_port() {
         },
         access_log: Some(Box::new(LogSink::default())),
         signals: false,
+        poll: None,
     });
     let Err(e @ StartError::Bind(_)) = started else { panic!("a second server bound {addr}") };
     assert!(e.to_string().contains(&format!("cannot bind {addr}")), "{e}");
@@ -378,12 +380,15 @@ tls = {{ verify = false, server_name = "backend.internal" }}
     // Enough to rebuild the file: as TOML it reloads, and shows the same again.
     let mut rebuilt = shown.clone();
     rebuilt.as_object_mut().unwrap().remove("generation");
+    let source = rebuilt.as_object_mut().unwrap().remove("source").unwrap();
+    assert_eq!(source["location"], "test.toml", "the source is shown: {source}");
     let text = to_toml(&rebuilt);
     let out = lb.server.control().reload_text("rebuilt.toml", &text);
     assert!(out.ok(), "{:?}\n{text}", out.errors);
     let again: serde_json::Value = serde_json::from_str(&get(&c, &lb.admin("/config")).await.body).unwrap();
     assert_eq!(again["generation"], 2);
     rebuilt["generation"] = again["generation"].clone();
+    rebuilt["source"] = serde_json::json!({"location": "rebuilt.toml", "version": null});
     assert_eq!(again, rebuilt);
 }
 

@@ -116,7 +116,7 @@ proptest! {
     #[test]
     fn compiling_arbitrary_text_never_panics(text in "\\PC{0,400}") {
         let m = Metrics::default();
-        let _ = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None });
+        let _ = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None, material: &Default::default() });
     }
 
     #[test]
@@ -126,7 +126,7 @@ proptest! {
         let cut = (0..=cut).rev().find(|&i| base.is_char_boundary(i)).unwrap_or(0);
         let text = format!("{}{}{}", &base[..cut], insert, &base[cut..]);
         let m = Metrics::default();
-        let _ = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None });
+        let _ = compile(CompileInput { name: "p.toml", text: &text, previous: None, metrics: &m, generation: 1, base_dir: None, material: &Default::default() });
     }
 }
 
@@ -270,8 +270,16 @@ fn faulty_config(l: &Layout, fault: Option<usize>) -> String {
 
 fn compile_text(text: &str) -> Result<(), pilotfish::config::Diagnostics> {
     let m = Metrics::default();
-    compile(CompileInput { name: "p.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None })
-        .map(|_| ())
+    compile(CompileInput {
+        name: "p.toml",
+        text,
+        previous: None,
+        metrics: &m,
+        generation: 1,
+        base_dir: None,
+        material: &Default::default(),
+    })
+    .map(|_| ())
 }
 
 proptest! {

@@ -164,8 +164,12 @@ pub struct FileConfig {
 pub struct Server {
     pub worker_threads: Spanned<usize>,
     pub admin_bind: Spanned<String>,
-    /// Allow a non-loopback `admin_bind` (the admin API has no authentication).
-    pub admin_public: bool,
+    /// Allow a non-loopback `admin_bind` (then `admin_token` is required).
+    pub admin_public: Spanned<bool>,
+    /// The Bearer token of every admin path but `/healthz` and `/readyz`.
+    pub admin_token: Option<Spanned<SecretRef>>,
+    /// The key of stickiness cookies: 32 bytes as standard base64.
+    pub cookie_key: Option<Spanned<SecretRef>>,
     pub shutdown_drain: Dur,
     pub idle_timeout: Dur,
     pub header_read_timeout: Dur,
@@ -182,7 +186,9 @@ impl Default for Server {
         Server {
             worker_threads: Spanned::new(0..0, 0),
             admin_bind: Spanned::new(0..0, "127.0.0.1:9901".into()),
-            admin_public: false,
+            admin_public: Spanned::new(0..0, false),
+            admin_token: None,
+            cookie_key: None,
             shutdown_drain: Dur(Duration::from_secs(25)),
             idle_timeout: Dur(Duration::from_secs(60)),
             header_read_timeout: Dur(Duration::from_secs(10)),
@@ -388,13 +394,60 @@ pub struct HealthCheck {
     pub matcher: Option<Spanned<String>>,
 }
 
-/// `[[certificates]]`: a PEM chain (leaf first) and its private key.
+/// `[[certificates]]`: exactly one source: files (`cert` + `key`: a PEM chain, leaf first, and
+/// its private key), `acm`, `ssm` or `secrets_manager`.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub name: Spanned<String>,
-    pub cert: Spanned<String>,
-    pub key: Spanned<String>,
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// The ARN of an exportable ACM certificate.
+    pub acm: Option<Spanned<String>>,
+    pub ssm: Option<Spanned<SsmCertificate>>,
+    pub secrets_manager: Option<Spanned<SecretsManagerCertificate>>,
+    /// How often an AWS-sourced certificate is read again.
+    pub refresh: Option<Spanned<Dur>>,
+}
+
+/// `ssm = { cert, key }`: two Parameter Store parameters (the key a SecureString).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsmCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `secrets_manager = { secret, cert_field, key_field }`: a JSON secret holding both PEMs.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsManagerCertificate {
+    pub secret: String,
+    #[serde(default = "cert_field")]
+    pub cert_field: String,
+    #[serde(default = "key_field")]
+    pub key_field: String,
+}
+
+fn cert_field() -> String {
+    "cert".into()
+}
+
+fn key_field() -> String {
+    "key".into()
+}
+
+/// A secret reference: exactly one of `{ file }`, `{ env }`, `{ ssm }` (a SecureString, read
+/// with decryption) or `{ secrets_manager, field }` (`field`: a key of a JSON secret; without
+/// it the whole secret string). Shown by `GET /config` as the reference, never the value.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRef {
+    pub file: Option<Spanned<String>>,
+    pub env: Option<Spanned<String>>,
+    pub ssm: Option<Spanned<String>>,
+    pub secrets_manager: Option<Spanned<String>>,
+    pub field: Option<Spanned<String>>,
 }
 
 /// `tls = { enabled, verify, ca, server_name }` on a target group: HTTPS to targets.

@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod file;
+pub mod material;
 pub mod snapshot;
 
 use std::fmt;

@@ -25,6 +25,63 @@ pub struct ServerSettings {
     pub max_uri_bytes: usize,
     pub max_headers: usize,
     pub max_connections: usize,
+    /// The admin API's Bearer token (its SHA-256; None: no token).
+    pub admin_token: Option<AdminToken>,
+    /// The key of stickiness cookies (None: a random one per process).
+    pub cookie_key: Option<CookieKey>,
+}
+
+/// The admin token, kept as its SHA-256 so that every comparison takes the same time whatever
+/// the length of what a client sends.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken([u8; 32]);
+
+impl AdminToken {
+    /// The token `secret`.
+    pub fn new(secret: &[u8]) -> Self {
+        AdminToken(sha256(secret))
+    }
+
+    /// Whether `presented` is the token (constant time).
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(&self.0, &sha256(presented)).is_ok()
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// A 32-byte key for stickiness cookies (AES-256-GCM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CookieKey(pub [u8; 32]);
+
+impl std::fmt::Debug for CookieKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieKey(<redacted>)")
+    }
+}
+
+/// A certificate in force: what `pilotfish_certificate_expiry_seconds` reports and what the
+/// control thread refreshes.
+#[derive(Debug, Clone)]
+pub struct CertificateInfo {
+    pub name: Arc<str>,
+    /// Where it is read from (None: files, read again on reload only).
+    pub source: Option<crate::config::material::AwsCertificate>,
+    pub refresh: Duration,
+    pub not_after: std::time::SystemTime,
+    /// The leaf's serial number (hex pairs).
+    pub serial: String,
 }
 
 /// A listener's protocol.
@@ -335,6 +392,8 @@ pub struct Snapshot {
     pub cloudwatch: Option<CloudWatchSettings>,
     /// Autoscaled target groups and their policies.
     pub autoscaling: Vec<(Arc<str>, AutoscalingSpec)>,
+    /// Every certificate, by name.
+    pub certificates: Vec<CertificateInfo>,
     /// The active configuration for `GET /config` (paths, never key contents).
     pub json: serde_json::Value,
 }
@@ -361,6 +420,7 @@ impl Snapshot {
             aws: AwsSettings::default(),
             cloudwatch: None,
             autoscaling: Vec::new(),
+            certificates: Vec::new(),
             json,
         }
     }

@@ -1,5 +1,7 @@
 //! The admin API on `server.admin_bind`: `/healthz`, `/readyz`, `/metrics`, `/config`,
-//! `/targets`, `POST /reload`. Served on the control thread, never on the data plane.
+//! `/targets`, `POST /reload`. Served on the control thread, never on the data plane. With
+//! `server.admin_token`, every path but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer TOKEN` (401 otherwise; compared in constant time).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -52,8 +54,27 @@ fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>>
     reply(status, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
 }
 
+/// Whether `req` may read a path behind the admin token.
+fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
+    let snap = control.state.load();
+    let Some(token) = &snap.server.admin_token else { return true };
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else { return false };
+    let v = value.as_bytes();
+    match v.iter().position(|&b| b == b' ') {
+        Some(i) if v[..i].eq_ignore_ascii_case(b"bearer") => token.matches(v[i + 1..].trim_ascii()),
+        _ => false,
+    }
+}
+
 async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let state = &control.state;
+    if !matches!(req.uri().path(), "/healthz" | "/readyz") && !authorized(control, &req) {
+        let mut r =
+            reply(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized: send Authorization: Bearer <admin_token>\n");
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"pilotfish\""));
+        return r;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -108,10 +129,18 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 for (i, n) in control.workers().open_connections().enumerate() {
                     let _ = writeln!(out, "pilotfish_worker_connections{{worker=\"{i}\"}} {n}");
                 }
+                super::certificates::render_expiry(&snap, out);
             });
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }
-        (&Method::GET, "/config") => json_reply(StatusCode::OK, state.load().json.clone()),
+        (&Method::GET, "/config") => {
+            let mut json = state.load().json.clone();
+            let doc = control.in_force().doc;
+            if let Some(o) = json.as_object_mut() {
+                o.insert("source".into(), json!({ "location": doc.name, "version": doc.version }));
+            }
+            json_reply(StatusCode::OK, json)
+        }
         (&Method::GET, "/targets") => {
             let snap = state.load();
             let groups: Vec<_> = snap
@@ -146,7 +175,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
             json_reply(StatusCode::OK, json!({ "generation": snap.generation, "target_groups": groups }))
         }
         (&Method::POST, "/reload") => {
-            let out = control.reload();
+            let out = control.reload().await;
             let status = if out.ok() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
             json_reply(
                 status,

@@ -1,15 +1,19 @@
-//! Reloading: read → validate → compile → bind new listeners → publish → start/stop accept loops.
-//! Any failure before publishing leaves the running snapshot and listeners untouched. Listeners
-//! whose name and bind address are unchanged keep their socket and their connections.
+//! Reloading: read → fetch from AWS → validate → compile → bind new listeners → publish →
+//! start/stop accept loops. Any failure before publishing leaves the running snapshot and
+//! listeners untouched. Listeners whose name and bind address are unchanged keep their socket
+//! and their connections. A certificate refresh ([`Control::refresh_certificates`]) rebuilds the
+//! text in force with the new certificate the same way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::material::{self as fetch, Cache, Clients};
+use super::source::{ConfigSource, Document};
+use crate::config::material::{self, Fetched, Material, Wanted};
 use crate::config::{self, CompileInput, ConfigError, Severity, Snapshot};
 use crate::proxy::listener;
 use crate::proxy::workers::Workers;
@@ -27,12 +31,34 @@ struct Running {
 /// The control plane's handle on the process: the only place that changes shared state.
 pub struct Control {
     pub state: Arc<SharedState>,
-    /// Where the configuration is read from on reload (None: started from text, e.g. the demo).
-    pub config_path: Option<PathBuf>,
+    /// Where the configuration is read from on reload.
+    pub source: ConfigSource,
+    /// The configuration in force: what a certificate refresh rebuilds, `/config` describes.
+    in_force: Mutex<InForce>,
+    /// The last good copy of everything read from AWS.
+    cache: Mutex<Cache>,
     workers: Arc<Workers>,
     /// Only the control thread (and start-up) touches this; never the request path.
     listeners: Mutex<HashMap<Arc<str>, Running>>,
     next_generation: AtomicU64,
+}
+
+/// The configuration in force.
+#[derive(Debug, Clone, Default)]
+pub struct InForce {
+    pub doc: Document,
+    /// What it reads from AWS.
+    pub wanted: Wanted,
+    pub generation: u64,
+}
+
+/// What an install is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A new configuration (counted in `pilotfish_config_reloads_total`).
+    Reload,
+    /// The configuration in force with refreshed certificates.
+    Refresh,
 }
 
 /// The result of one reload, as `POST /reload` reports it.
@@ -52,11 +78,21 @@ impl ReloadOutcome {
 
 impl Control {
     /// Wraps the running state; `workers` run the accept loops and the connections.
-    pub fn new(state: Arc<SharedState>, config_path: Option<PathBuf>, workers: Arc<Workers>) -> Control {
+    /// `doc` is the configuration the state was compiled from, `cache` what was fetched for it.
+    pub fn new(
+        state: Arc<SharedState>,
+        source: ConfigSource,
+        doc: Document,
+        cache: Cache,
+        workers: Arc<Workers>,
+    ) -> Control {
         let generation = state.load().generation;
+        let wanted = material::wanted(&doc.name, &doc.text);
         Control {
             state,
-            config_path,
+            source,
+            in_force: Mutex::new(InForce { doc, wanted, generation }),
+            cache: Mutex::new(cache),
             workers,
             listeners: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(generation + 1),
@@ -83,9 +119,19 @@ impl Control {
         Ok(())
     }
 
-    /// Re-reads the configuration file and applies it.
-    pub fn reload(&self) -> ReloadOutcome {
-        let Some(path) = &self.config_path else {
+    /// The configuration in force.
+    pub fn in_force(&self) -> InForce {
+        self.in_force.lock().expect("in force").clone()
+    }
+
+    /// The version of the configuration in force at its source.
+    pub fn in_force_version(&self) -> Option<String> {
+        self.in_force.lock().expect("in force").doc.version.clone()
+    }
+
+    /// Re-reads the configuration's source and applies it (SIGHUP, `POST /reload`).
+    pub async fn reload(&self) -> ReloadOutcome {
+        if let ConfigSource::Text { .. } = self.source {
             return self.fail(vec![ConfigError {
                 file: "<none>".into(),
                 line: 1,
@@ -93,30 +139,103 @@ impl Control {
                 message: "this process was not started from a configuration file; nothing to reload".into(),
                 severity: Severity::Error,
             }]);
-        };
-        match config::read(path) {
-            Ok(text) => self.reload_text(&path.display().to_string(), &text),
+        }
+        match super::source::read(&self.source).await {
+            Ok(doc) => self.apply(doc).await,
             Err(d) => self.fail(d.0),
         }
     }
 
-    /// Applies configuration `text` (called `name` in messages).
+    /// Applies configuration `doc`: fetches what it reads from AWS, then compiles and publishes.
+    pub async fn apply(&self, doc: Document) -> ReloadOutcome {
+        let wanted = material::wanted(&doc.name, &doc.text);
+        let material = fetch::fetch(&wanted, &self.cache, &self.state.metrics).await;
+        self.install(doc, wanted, material, Kind::Reload)
+    }
+
+    /// Applies configuration `text` (called `name` in messages), from any thread (tests).
     pub fn reload_text(&self, name: &str, text: &str) -> ReloadOutcome {
+        let doc = Document { name: name.into(), text: text.into(), version: None };
+        let wanted = material::wanted(name, text);
+        let material = if wanted.is_empty() {
+            Material::default()
+        } else {
+            super::block_on(fetch::fetch(&wanted, &self.cache, &self.state.metrics))
+        };
+        self.install(doc, wanted, material, Kind::Reload)
+    }
+
+    /// Reads certificates `names` of the snapshot in force again; when one changed, rebuilds the
+    /// configuration in force with it (new handshakes get it; open connections keep theirs). A
+    /// failed read or rebuild keeps the certificate in force, counted per certificate.
+    pub async fn refresh_certificates(&self, names: &[Arc<str>]) {
+        let InForce { doc, wanted, generation } = self.in_force();
+        let snap = self.state.load();
+        let clients = Clients::new(&wanted.aws).await;
+        let mut renewed = Vec::new();
+        for name in names {
+            let Some(src) = snap.certificates.iter().find(|c| &c.name == name).and_then(|c| c.source.clone()) else {
+                continue;
+            };
+            let cached = self.cache.lock().expect("material cache").certificate(&src);
+            match fetch::certificate(&clients, &src, cached.as_deref()).await {
+                Ok(p) if cached.as_deref() == Some(&p) => {}
+                Ok(p) => renewed.push((name.clone(), src, Arc::new(p))),
+                Err(e) => {
+                    self.state.metrics.certificate_refresh_error(name);
+                    tracing::error!(certificate = %name, source = %src, error = %e, "certificate refresh failed; the certificate in force keeps serving");
+                }
+            }
+        }
+        if renewed.is_empty() {
+            return;
+        }
+        if self.in_force.lock().expect("in force").generation != generation {
+            return; // a reload landed meanwhile, and read every certificate itself
+        }
+        let mut material = self.cache.lock().expect("material cache").material(&wanted);
+        for (_, src, p) in &renewed {
+            material.certificates.insert(src.clone(), Fetched::Fresh(p.clone()));
+        }
+        let out = self.install(doc, wanted, material, Kind::Refresh);
+        let names: Vec<Arc<str>> = renewed.iter().map(|(n, _, _)| n.clone()).collect();
+        if out.ok() {
+            let mut cache = self.cache.lock().expect("material cache");
+            for (_, src, p) in renewed {
+                cache.put_certificate(src, p);
+            }
+            tracing::info!(certificates = ?names, generation = out.generation, "certificates refreshed");
+        } else {
+            for n in &names {
+                self.state.metrics.certificate_refresh_error(n);
+            }
+            for e in &out.errors {
+                tracing::error!("certificate refresh rejected, the certificate in force keeps serving: {e}");
+            }
+        }
+    }
+
+    /// Compiles `doc` with `material` and publishes it.
+    fn install(&self, doc: Document, wanted: Wanted, material: Material, kind: Kind) -> ReloadOutcome {
         let prev = self.state.load();
         let generation = self.next_generation.load(Ordering::Relaxed);
         let compiled = config::compile(CompileInput {
-            name,
-            text,
+            name: &doc.name,
+            text: &doc.text,
             previous: Some(&prev),
             metrics: &self.state.metrics,
             generation,
-            base_dir: self.config_path.as_deref().and_then(|p| p.parent()),
+            base_dir: self.source.base_dir(),
+            material: &material,
         });
         let (snap, warnings) = match compiled {
             Ok(x) => x,
+            Err(d) if kind == Kind::Refresh => {
+                return ReloadOutcome { generation: prev.generation, errors: d.0, warnings: vec![] }
+            }
             Err(d) => return self.fail(d.0),
         };
-        let bound = match self.bind_new(&snap, name) {
+        let bound = match self.bind_new(&snap, &doc.name) {
             Ok(b) => b,
             Err(errors) => {
                 // The compile's warnings are reported with the bind errors.
@@ -126,14 +245,17 @@ impl Control {
         self.next_generation.fetch_add(1, Ordering::Relaxed);
         let keep: Vec<Arc<str>> = snap.listeners.iter().map(|l| l.name.clone()).collect();
         self.state.resize_connections(prev.server.max_connections, snap.server.max_connections);
+        *self.in_force.lock().expect("in force") = InForce { doc, wanted, generation };
         self.state.publish(snap);
         self.start(bound);
         self.stop_except(&keep);
-        self.state.metrics.reloads_success.fetch_add(1, Ordering::Relaxed);
         for w in warnings.warnings() {
             tracing::warn!("{w}");
         }
-        tracing::info!(generation, "configuration reloaded");
+        if kind == Kind::Reload {
+            self.state.metrics.reloads_success.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(generation, "configuration reloaded");
+        }
         ReloadOutcome { generation, errors: vec![], warnings: warnings.warnings().cloned().collect() }
     }
 
@@ -224,6 +346,6 @@ impl Control {
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control").field("config_path", &self.config_path).finish_non_exhaustive()
+        f.debug_struct("Control").field("source", &self.source.location()).finish_non_exhaustive()
     }
 }

@@ -1,5 +1,6 @@
 //! The control thread: its own OS thread with a current-thread tokio runtime, running every
-//! background task (admin API, health checks, discovery, CloudWatch, autoscaling) and the signal
+//! background task (admin API, health checks, discovery, certificate refresh, `--poll`,
+//! CloudWatch, autoscaling) and the signal
 //! handlers (SIGHUP reloads; SIGTERM/SIGINT start the shutdown). The data plane never waits on it.
 
 use std::sync::Arc;
@@ -20,13 +21,18 @@ impl ControlThread {
     /// Starts the thread with the admin API on `admin` (and the signal handlers with `signals`);
     /// returns once they are installed: "serving" means signals are handled too (a SIGHUP before
     /// the handler exists would terminate the process, the default action).
-    pub fn start(control: Arc<Control>, admin: std::net::TcpListener, signals: bool) -> std::io::Result<ControlThread> {
+    pub fn start(
+        control: Arc<Control>,
+        admin: std::net::TcpListener,
+        signals: bool,
+        poll: Option<Duration>,
+    ) -> std::io::Result<ControlThread> {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (shutdown_tx, shutdown_rx) = std::sync::mpsc::channel();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new().name("pilotfish-control".into()).spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("control runtime");
-            rt.block_on(main(control, admin, signals, stop_rx, shutdown_tx, started_tx));
+            rt.block_on(main(control, admin, signals, poll, stop_rx, shutdown_tx, started_tx));
         })?;
         if started_rx.recv_timeout(Duration::from_secs(10)).is_err() {
             return Err(std::io::Error::other("the control thread did not start"));
@@ -50,6 +56,7 @@ async fn main(
     control: Arc<Control>,
     admin: std::net::TcpListener,
     signals: bool,
+    poll: Option<Duration>,
     stop: oneshot::Receiver<()>,
     shutdown_tx: std::sync::mpsc::Sender<()>,
     started: std::sync::mpsc::Sender<()>,
@@ -68,6 +75,10 @@ async fn main(
     tokio::spawn(super::discovery::supervise(control.state.clone()));
     tokio::spawn(super::cloudwatch::run(control.state.clone()));
     tokio::spawn(super::autoscale::supervise(control.state.clone()));
+    tokio::spawn(super::certificates::run(control.clone()));
+    if let Some(every) = poll.filter(|d| !d.is_zero()) {
+        tokio::spawn(super::source::poll(control.clone(), control.source.clone(), every));
+    }
     if let Some(s) = signals {
         tokio::spawn(s.run(control.clone(), shutdown_tx));
     }
@@ -109,7 +120,7 @@ impl Signals {
             tokio::select! {
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP: reloading");
-                    control.reload();
+                    control.reload().await;
                 }
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,

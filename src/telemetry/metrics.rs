@@ -139,6 +139,8 @@ pub struct Metrics {
     target_response: DashMap<Arc<str>, Arc<Histogram>>,
     health_checks: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
     discovery_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
+    certificate_refresh_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
+    config_source_checks: DashMap<&'static str, Arc<AtomicU64>>,
     groups: DashMap<Arc<str>, Arc<GroupStats>>,
     autoscaling_desired: DashMap<Arc<str>, Arc<AtomicI64>>,
     autoscaling_actions: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
@@ -204,6 +206,17 @@ impl Metrics {
     /// Counts one failed discovery refresh of `target_group` (control plane).
     pub fn discovery_error(&self, target_group: &Arc<str>) {
         self.discovery_errors.entry(target_group.clone()).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed fetch of certificate `name` from AWS (control plane).
+    pub fn certificate_refresh_error(&self, name: &str) {
+        self.certificate_refresh_errors.entry(name.into()).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one check of the configuration's source by `--poll` (`unchanged`, `changed`,
+    /// `error`).
+    pub fn config_source_check(&self, result: &'static str) {
+        self.config_source_checks.entry(result).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Renders everything in the Prometheus text format (0.0.4).
@@ -301,6 +314,23 @@ impl Metrics {
         de.sort();
         for (tg, n) in de {
             let _ = writeln!(out, "pilotfish_discovery_errors_total{{target_group=\"{}\"}} {n}", esc(&tg));
+        }
+        out.push_str("# HELP pilotfish_certificate_refresh_errors_total Failed reads of a certificate from AWS (the last good one keeps serving).\n# TYPE pilotfish_certificate_refresh_errors_total counter\n");
+        let mut ce: Vec<_> = self
+            .certificate_refresh_errors
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        ce.sort();
+        for (c, n) in ce {
+            let _ = writeln!(out, "pilotfish_certificate_refresh_errors_total{{certificate=\"{}\"}} {n}", esc(&c));
+        }
+        out.push_str("# HELP pilotfish_config_source_checks_total Checks of the configuration's source by --poll.\n# TYPE pilotfish_config_source_checks_total counter\n");
+        let mut cs: Vec<_> =
+            self.config_source_checks.iter().map(|e| (*e.key(), e.value().load(Ordering::Relaxed))).collect();
+        cs.sort();
+        for (r, n) in cs {
+            let _ = writeln!(out, "pilotfish_config_source_checks_total{{result=\"{r}\"}} {n}");
         }
         out.push_str("# HELP pilotfish_autoscaling_desired The autoscaler's latest desired task count.\n# TYPE pilotfish_autoscaling_desired gauge\n");
         let mut ad: Vec<_> =

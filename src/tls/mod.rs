@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod load;
+pub mod pkcs8;
 pub mod store;
 
 use std::sync::{Arc, OnceLock};

@@ -248,6 +248,7 @@ impl Lb {
             config: ConfigSource::Text { name: "test.toml".into(), text },
             access_log: Some(Box::new(log.clone())),
             signals: false,
+            poll: None,
         })
         .unwrap_or_else(|e| panic!("pilotfish failed to start:\n{e}"));
         Lb { server, log }

@@ -46,9 +46,17 @@ impl Proc {
     /// Runs `pilotfish run` and waits (bounded) until it is serving; the bound addresses come
     /// from its log. stderr is kept beside the config (`*.stderr.log`).
     pub async fn run(config: &std::path::Path) -> Proc {
+        Proc::run_with(&[std::ffi::OsStr::new("-c"), config.as_os_str()], &[], &config.with_extension("stderr.log"))
+            .await
+    }
+
+    /// Runs `pilotfish run ARGS` with `env` added; stderr goes to `log_path`.
+    pub async fn run_with(args: &[&std::ffi::OsStr], env: &[(&str, &str)], log_path: &std::path::Path) -> Proc {
+        let config = log_path;
         let mut child = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
-            .args(["run", "-c"])
-            .arg(config)
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -58,7 +66,7 @@ impl Proc {
         let log = Arc::new(Mutex::new(Log::default()));
         // Reads stderr for the process's whole life (so it never blocks on a full pipe), keeping
         // the listener table current.
-        let (l, log_path) = (log.clone(), config.with_extension("stderr.log"));
+        let (l, log_path) = (log.clone(), log_path.to_path_buf());
         std::thread::spawn(move || {
             use std::io::Write;
             let mut f = std::fs::File::create(log_path).ok();
@@ -92,7 +100,7 @@ impl Proc {
             let _ = child.kill();
             let _ = child.wait();
             let why = if up { "pilotfish exited before serving" } else { "pilotfish was not serving within 20 s" };
-            panic!("{why}; see {}", config.with_extension("stderr.log").display());
+            panic!("{why}; see {}", config.display());
         };
         Proc { child, admin, log }
     }

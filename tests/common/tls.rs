@@ -86,19 +86,29 @@ pub fn acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
 #[derive(Debug)]
 pub struct Recorder {
     pub leaf: Mutex<Option<Vec<u8>>>,
+    /// How many certificates the server sent (leaf and intermediates).
+    chain: Mutex<usize>,
     rsa_only: bool,
+}
+
+impl Recorder {
+    /// How many certificates the server sent.
+    pub fn chain_len(&self) -> usize {
+        *self.chain.lock().unwrap()
+    }
 }
 
 impl ServerCertVerifier for Recorder {
     fn verify_server_cert(
         &self,
         end: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
+        intermediates: &[CertificateDer<'_>],
         _: &ServerName<'_>,
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         *self.leaf.lock().unwrap() = Some(end.to_vec());
+        *self.chain.lock().unwrap() = 1 + intermediates.len();
         Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -129,7 +139,7 @@ impl ServerCertVerifier for Recorder {
 
 /// A client configuration whose verifier records the served certificate.
 pub fn recording_client(alpn: &[&str], rsa_only: bool) -> (Arc<ClientConfig>, Arc<Recorder>) {
-    let rec = Arc::new(Recorder { leaf: Mutex::new(None), rsa_only });
+    let rec = Arc::new(Recorder { leaf: Mutex::new(None), chain: Mutex::new(0), rsa_only });
     let mut cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()

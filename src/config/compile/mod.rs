@@ -32,6 +32,7 @@ use http::{HeaderValue, StatusCode};
 use serde_json::json;
 
 use super::file::{self, FileConfig, Forward};
+use super::material::Material;
 use super::snapshot::*;
 use super::{Diagnostics, Severity, SourceMap};
 use crate::balance::TargetGroup;
@@ -54,6 +55,8 @@ pub struct CompileInput<'a> {
     pub generation: u64,
     /// Relative certificate and CA paths are resolved against this (the config file's folder).
     pub base_dir: Option<&'a Path>,
+    /// What was fetched from AWS for this text ([`super::material::wanted`]).
+    pub material: &'a Material,
 }
 
 /// ALB's limit on target and forward weights, which pilotfish follows so configs move between
@@ -101,11 +104,11 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     let map = SourceMap::new(input.name, input.text);
     let (cfg, diags) = super::parse(&map, input.text)?;
     let mut cx = Ctx { map, diags, base_dir: input.base_dir };
-    let sections = server::compile(&mut cx, &cfg);
+    let sections = server::compile(&mut cx, &cfg, input.material);
     if let (Some(prev), Some(s)) = (input.previous, &sections) {
         restart_only(&mut cx, &cfg.server, &s.settings, &prev.server);
     }
-    let certs = tls::certificates(&mut cx, &cfg.certificates);
+    let certs = tls::certificates(&mut cx, &cfg.certificates, input.material);
     let groups = target_group::compile_all(&mut cx, &cfg.target_groups, cfg.cloudwatch.is_some());
     let listeners = listener::compile_all(&mut cx, &cfg.listeners);
     let rules = rule::compile_all(&mut cx, &cfg.rules);
@@ -118,7 +121,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     // error was reported.)
     match (sections, plan) {
         (Some(sections), Some(plan)) if cx.clean_since(0) => {
-            Ok((build(&input, &cfg, sections, plan), Diagnostics(cx.diags)))
+            Ok((build(&input, &cfg, sections, &certs, plan), Diagnostics(cx.diags)))
         }
         _ => Err(Diagnostics(cx.diags)),
     }
@@ -364,7 +367,13 @@ fn check_name<'a>(cx: &mut Ctx<'_>, kind: &str, name: &'a Spanned<String>, seen:
 // ---------------------------------------------------------------------------------------------
 // Building (everything is checked and resolved here).
 
-fn build(input: &CompileInput<'_>, cfg: &FileConfig, sections: server::Sections, plan: Plan) -> Snapshot {
+fn build(
+    input: &CompileInput<'_>,
+    cfg: &FileConfig,
+    sections: server::Sections,
+    certs: &tls::Certificates,
+    plan: Plan,
+) -> Snapshot {
     let metrics = input.metrics;
     let mut server = sections.settings;
     if let Some(prev) = input.previous {
@@ -445,6 +454,18 @@ fn build(input: &CompileInput<'_>, cfg: &FileConfig, sections: server::Sections,
     snap.cloudwatch = sections.cloudwatch;
     snap.autoscaling = autoscaling;
     snap.discovery = discovery;
+    let mut certificates: Vec<CertificateInfo> = certs
+        .iter()
+        .map(|(name, c)| CertificateInfo {
+            name: name.as_str().into(),
+            source: c.source.clone(),
+            refresh: c.refresh,
+            not_after: c.loaded.not_after,
+            serial: c.loaded.serial.clone(),
+        })
+        .collect();
+    certificates.sort_by(|a, b| a.name.cmp(&b.name));
+    snap.certificates = certificates;
     snap
 }
 
@@ -521,8 +542,15 @@ mod tests {
 
     fn errors(text: &str) -> Vec<String> {
         let m = Metrics::default();
-        match compile(CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None })
-        {
+        match compile(CompileInput {
+            name: "t.toml",
+            text,
+            previous: None,
+            metrics: &m,
+            generation: 1,
+            base_dir: None,
+            material: &Default::default(),
+        }) {
             Ok(_) => vec![],
             Err(d) => d.0.iter().map(|e| e.to_string()).collect(),
         }
@@ -620,7 +648,15 @@ redirect.path = "/new"
 redirect.status = 302
 "#;
         let m = Metrics::default();
-        let input = CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None };
+        let input = CompileInput {
+            name: "t.toml",
+            text,
+            previous: None,
+            metrics: &m,
+            generation: 1,
+            base_dir: None,
+            material: &Default::default(),
+        };
         let (snap, _) = compile(input).unwrap_or_else(|d| panic!("{d}"));
         let listener = snap.listener("web").unwrap();
         assert!(
@@ -731,7 +767,15 @@ name = "d"
 discovery = { ecs = { cluster = "c", service = "s", container_port = 80 } }
 "#;
         let m = Metrics::default();
-        let input = CompileInput { name: "t.toml", text, previous: None, metrics: &m, generation: 1, base_dir: None };
+        let input = CompileInput {
+            name: "t.toml",
+            text,
+            previous: None,
+            metrics: &m,
+            generation: 1,
+            base_dir: None,
+            material: &Default::default(),
+        };
         let (snap, _) = compile(input).unwrap_or_else(|d| panic!("{d}"));
         let g = snap.upstream("g").expect("group g");
         let hc = g.group.settings.health_check.as_ref().expect("health check");

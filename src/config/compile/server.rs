@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{optional, Ctx};
-use crate::config::file::{self, FileConfig};
-use crate::config::snapshot::{AccessLogFormat, AwsSettings, CloudWatchSettings, ServerSettings};
+use crate::config::file::{self, FileConfig, SecretRef, Spanned};
+use crate::config::material::{self, Fetched, Material};
+use crate::config::snapshot::{
+    AccessLogFormat, AdminToken, AwsSettings, CloudWatchSettings, CookieKey, ServerSettings,
+};
 
 /// hyper will not run with a smaller read buffer, so smaller head limits cannot be enforced.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -24,8 +27,8 @@ pub(super) struct Sections {
 }
 
 /// Checks and compiles the process-wide sections (None when one of them has an error).
-pub(super) fn compile(cx: &mut Ctx<'_>, cfg: &FileConfig) -> Option<Sections> {
-    let settings = server(cx, &cfg.server);
+pub(super) fn compile(cx: &mut Ctx<'_>, cfg: &FileConfig, material: &Material) -> Option<Sections> {
+    let settings = server(cx, &cfg.server, material);
     let aws = aws(cx, cfg);
     let cloudwatch = cfg.cloudwatch.as_ref().map(|c| cloudwatch(cx, c));
     Some(Sections {
@@ -36,14 +39,15 @@ pub(super) fn compile(cx: &mut Ctx<'_>, cfg: &FileConfig) -> Option<Sections> {
     })
 }
 
-fn server(cx: &mut Ctx<'_>, s: &file::Server) -> Option<ServerSettings> {
+fn server(cx: &mut Ctx<'_>, s: &file::Server, material: &Material) -> Option<ServerSettings> {
     let mark = cx.mark();
+    let admin_public = *s.admin_public.get_ref();
     let admin_bind = match s.admin_bind.get_ref().parse::<SocketAddr>() {
         Ok(a) => {
-            if !a.ip().is_loopback() && !s.admin_public {
+            if !a.ip().is_loopback() && !admin_public {
                 cx.err(
                     s.admin_bind.span(),
-                    format!("admin_bind {a} is not a loopback address: the admin API has no authentication; set admin_public = true to allow it"),
+                    format!("admin_bind {a} is not a loopback address: set admin_public = true (with an admin_token) to allow it"),
                 );
             }
             Some(a)
@@ -68,6 +72,34 @@ fn server(cx: &mut Ctx<'_>, s: &file::Server) -> Option<ServerSettings> {
     if !(1..=MAX_CONNECTIONS).contains(s.max_connections.get_ref()) {
         cx.err(s.max_connections.span(), format!("max_connections must be between 1 and {MAX_CONNECTIONS}"));
     }
+    if admin_public && s.admin_token.is_none() {
+        cx.err(
+            s.admin_public.span(),
+            "admin_public = true needs an admin_token: the admin API would take reloads from anyone who can reach it",
+        );
+    }
+    let admin_token = s.admin_token.as_ref().and_then(|r| match secret(cx, "admin_token", r, material) {
+        Some(t) if t.is_empty() => {
+            cx.err(r.span(), "admin_token is empty");
+            None
+        }
+        Some(t) => Some(AdminToken::new(&t)),
+        None => None,
+    });
+    let cookie_key = s.cookie_key.as_ref().and_then(|r| {
+        let text = secret(cx, "cookie_key", r, material)?;
+        match std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| aws_smithy_types::base64::decode(t).ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        {
+            Some(k) => Some(CookieKey(k)),
+            None => {
+                cx.err(r.span(), "cookie_key must be 32 bytes written as standard base64 (`openssl rand -base64 32`)");
+                None
+            }
+        }
+    });
     let settings = ServerSettings {
         worker_threads: *s.worker_threads.get_ref(),
         admin_bind: admin_bind?,
@@ -78,8 +110,62 @@ fn server(cx: &mut Ctx<'_>, s: &file::Server) -> Option<ServerSettings> {
         max_uri_bytes: *s.max_uri_bytes.get_ref(),
         max_headers: *s.max_headers.get_ref(),
         max_connections: *s.max_connections.get_ref(),
+        admin_token,
+        cookie_key,
     };
     cx.clean_since(mark).then_some(settings)
+}
+
+/// The value of secret reference `r` (at key `key`), its surrounding whitespace trimmed (a file
+/// written by `echo` ends with a newline); None with the error reported.
+fn secret(cx: &mut Ctx<'_>, key: &str, r: &Spanned<SecretRef>, material: &Material) -> Option<Vec<u8>> {
+    let at = r.span();
+    let v = r.get_ref();
+    let given = [v.file.is_some(), v.env.is_some(), v.ssm.is_some(), v.secrets_manager.is_some()];
+    if given.iter().filter(|x| **x).count() != 1 {
+        cx.err(at, format!("{key}: give exactly one of file, env, ssm or secrets_manager (+ field)"));
+        return None;
+    }
+    if v.field.is_some() && v.secrets_manager.is_none() {
+        cx.err(at, format!("{key}: field goes with secrets_manager"));
+        return None;
+    }
+    let bytes = if let Some(f) = &v.file {
+        let path = cx.path(f.get_ref());
+        match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                cx.err(f.span(), format!("{key}: cannot read {}: {e}", path.display()));
+                return None;
+            }
+        }
+    } else if let Some(e) = &v.env {
+        match std::env::var_os(e.get_ref()) {
+            Some(val) => val.into_encoded_bytes(),
+            None => {
+                cx.err(e.span(), format!("{key}: environment variable {} is not set", e.get_ref()));
+                return None;
+            }
+        }
+    } else {
+        let src = material::aws_secret(v)?;
+        match material.secrets.get(&src) {
+            Some(Fetched::Fresh(b)) => b.0.clone(),
+            Some(Fetched::Stale(b, e)) => {
+                cx.warn(at, format!("{key}: {src}: {e}; the last good value is used"));
+                b.0.clone()
+            }
+            Some(Fetched::Failed(e)) => {
+                cx.err(at, format!("{key}: {src}: {e}"));
+                return None;
+            }
+            None => {
+                cx.err(at, format!("{key}: {src} was not fetched"));
+                return None;
+            }
+        }
+    };
+    Some(bytes.trim_ascii().to_vec())
 }
 
 /// `[aws]`, and a warning when something uses AWS without a region to call it in.
@@ -92,7 +178,8 @@ fn aws(cx: &mut Ctx<'_>, cfg: &FileConfig) -> Option<AwsSettings> {
         }
     }
     let uses_aws = cfg.cloudwatch.is_some()
-        || cfg.target_groups.iter().any(|t| t.get_ref().discovery.is_some() || t.get_ref().autoscaling.is_some());
+        || cfg.target_groups.iter().any(|t| t.get_ref().discovery.is_some() || t.get_ref().autoscaling.is_some())
+        || !material::wanted_of(cfg).is_empty();
     if uses_aws
         && a.and_then(|a| a.region.as_ref()).is_none()
         && std::env::var_os("AWS_REGION").is_none()

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::file::Spanned;
 use rustls::pki_types::ServerName;
@@ -11,15 +12,29 @@ use rustls::pki_types::ServerName;
 use super::listener::ListenerTls;
 use super::{valid_name, Ctx};
 use crate::config::file::{self, FileConfig};
+use crate::config::material::{self, AwsCertificate, Fetched, Material};
 use crate::config::snapshot::UpstreamProtocol;
 use crate::tls::client::{upstream_config, UpstreamTls};
+use crate::tls::load::Origin;
 use crate::tls::{CertStore, LoadedCert};
 
-/// The certificates that loaded, by name.
-pub(super) type Certificates = HashMap<String, LoadedCert>;
+/// A certificate that loaded, and where it comes from.
+pub(super) struct Cert {
+    pub loaded: LoadedCert,
+    /// None: files.
+    pub source: Option<AwsCertificate>,
+    pub refresh: Duration,
+}
 
-/// Loads every `[[certificates]]` element (an element with an error is left out).
-pub(super) fn certificates(cx: &mut Ctx<'_>, list: &[Spanned<file::Certificate>]) -> Certificates {
+/// The certificates that loaded, by name.
+pub(super) type Certificates = HashMap<String, Cert>;
+
+/// How often an AWS-sourced certificate is read again, unless `refresh` says.
+pub const REFRESH: Duration = Duration::from_secs(3600);
+
+/// Loads every `[[certificates]]` element (an element with an error is left out): from its
+/// files, or from what was fetched from AWS for it (`material`).
+pub(super) fn certificates(cx: &mut Ctx<'_>, list: &[Spanned<file::Certificate>], material: &Material) -> Certificates {
     let mut certs = Certificates::new();
     for c in list {
         let c = c.get_ref();
@@ -32,15 +47,77 @@ pub(super) fn certificates(cx: &mut Ctx<'_>, list: &[Spanned<file::Certificate>]
             cx.err(c.name.span(), format!("duplicate certificate name {name:?}"));
             continue;
         }
-        let (cert, key) = (cx.path(c.cert.get_ref()), cx.path(c.key.get_ref()));
-        match crate::tls::load(&cert, &key) {
+        let files = c.cert.is_some() || c.key.is_some();
+        let sources = [files, c.acm.is_some(), c.ssm.is_some(), c.secrets_manager.is_some()];
+        if sources.iter().filter(|x| **x).count() != 1 {
+            cx.err(
+                c.name.span(),
+                format!(
+                    "certificate {name:?}: give exactly one source: cert + key (files), acm, ssm or secrets_manager"
+                ),
+            );
+            continue;
+        }
+        let source = material::aws_certificate(c);
+        let refresh = match (&c.refresh, &source) {
+            (Some(r), None) => {
+                cx.err(
+                    r.span(),
+                    format!("certificate {name:?}: refresh is for AWS sources (files are read again on reload)"),
+                );
+                continue;
+            }
+            (Some(r), Some(_)) if r.get_ref().0 < Duration::from_secs(1) => {
+                cx.err(r.span(), format!("certificate {name:?}: refresh must be at least 1s"));
+                continue;
+            }
+            (Some(r), Some(_)) => r.get_ref().0,
+            (None, _) => REFRESH,
+        };
+        let (loaded, at) = match &source {
+            None => {
+                let (Some(cert), Some(key)) = (&c.cert, &c.key) else {
+                    cx.err(c.name.span(), format!("certificate {name:?}: files need both cert and key"));
+                    continue;
+                };
+                (crate::tls::load(&cx.path(cert.get_ref()), &cx.path(key.get_ref())), cert.span())
+            }
+            Some(src) => {
+                let at = c
+                    .acm
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or_else(|| c.ssm.as_ref().map(Spanned::span))
+                    .or_else(|| c.secrets_manager.as_ref().map(Spanned::span))
+                    .unwrap_or_else(|| c.name.span());
+                let pem = match material.certificates.get(src) {
+                    Some(Fetched::Fresh(p)) => p,
+                    Some(Fetched::Stale(p, e)) => {
+                        cx.warn(at.clone(), format!("certificate {name:?}: {src}: {e}; the last good copy is served"));
+                        p
+                    }
+                    Some(Fetched::Failed(e)) => {
+                        cx.err(at, format!("certificate {name:?}: {src}: {e}"));
+                        continue;
+                    }
+                    None => {
+                        cx.err(at, format!("certificate {name:?}: {src} was not fetched"));
+                        continue;
+                    }
+                };
+                let what = src.to_string();
+                let origin = Origin { cert: &what, key: &what };
+                (crate::tls::load::from_pem(&origin, &pem.chain, (*pem.key).clone_key()), at)
+            }
+        };
+        match loaded {
             Ok((loaded, warnings)) => {
                 for w in warnings {
-                    cx.warn(c.cert.span(), format!("certificate {name:?}: {w}"));
+                    cx.warn(at.clone(), format!("certificate {name:?}: {w}"));
                 }
-                certs.insert(name.clone(), loaded);
+                certs.insert(name.clone(), Cert { loaded, source, refresh });
             }
-            Err(e) => cx.err(c.cert.span(), format!("certificate {name:?}: {e}")),
+            Err(e) => cx.err(at, format!("certificate {name:?}: {e}")),
         }
     }
     certs
@@ -55,9 +132,9 @@ pub(super) fn listener_config(
     name: &str,
     t: &ListenerTls,
 ) -> Option<Arc<rustls::ServerConfig>> {
-    let mut store = CertStore::new(certs.get(&t.default)?);
+    let mut store = CertStore::new(&certs.get(&t.default)?.loaded);
     for n in &t.names {
-        store.add(certs.get(n)?);
+        store.add(&certs.get(n)?.loaded);
     }
     match crate::tls::server_config(store, &t.alpn) {
         Ok(c) => Some(c),
@@ -88,7 +165,7 @@ pub(super) fn uncovered_hosts(cx: &mut Ctx<'_>, certs: &Certificates, cfg: &File
             };
             let mut store = CertStore::default();
             for c in names.get_ref().iter().filter_map(|c| certs.get(c)) {
-                store.add(c);
+                store.add(&c.loaded);
             }
             for h in hosts.get_ref() {
                 let h = h.to_ascii_lowercase();
