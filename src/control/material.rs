@@ -200,8 +200,8 @@ fn parse_key(
     })
 }
 
-/// A parameter's value (decrypted) and version.
-async fn ssm_parameter(c: &aws_sdk_ssm::Client, name: &str) -> Result<(String, i64), AwsError> {
+/// A parameter's value (decrypted) and version (also the configuration's source, `ssm:/NAME`).
+pub(super) async fn ssm_parameter(c: &aws_sdk_ssm::Client, name: &str) -> Result<(String, i64), AwsError> {
     let out = c
         .get_parameter()
         .name(name)

@@ -127,14 +127,14 @@ pub async fn changed(src: &ConfigSource, seen: Option<&str>) -> Result<Option<Do
                 .key(key)
                 .send()
                 .await
-                .map_err(|e| AwsError::sdk("HeadObject", e))?;
+                .map_err(|e| AwsError::sdk("HeadObject", e).to_string())?;
             if is_seen(&head.e_tag().map(str::to_string)) {
                 return Ok(None);
             }
             read(src).await.map(Some).map_err(|d| d.to_string())
         }
         ConfigSource::Ssm(param) => {
-            let (text, v) = ssm_get(param).await?;
+            let (text, v) = ssm_get(param).await.map_err(|e| e.to_string())?;
             let version = Some(v);
             if is_seen(&version) {
                 return Ok(None);
@@ -142,12 +142,6 @@ pub async fn changed(src: &ConfigSource, seen: Option<&str>) -> Result<Option<Do
             Ok(Some(Document { name: src.location(), text, version }))
         }
         ConfigSource::Text { .. } => Ok(None),
-    }
-}
-
-impl From<AwsError> for String {
-    fn from(e: AwsError) -> String {
-        e.to_string()
     }
 }
 
@@ -191,16 +185,8 @@ async fn s3_get(bucket: &str, key: &str) -> Result<(String, String), AwsError> {
 
 async fn ssm_get(name: &str) -> Result<(String, String), AwsError> {
     let cfg = sdk_config(&AwsSettings::default()).await;
-    let out = aws_sdk_ssm::Client::new(&cfg)
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .map_err(|e| AwsError::sdk("GetParameter", e))?;
-    let p = out.parameter();
-    let value = p.and_then(|p| p.value()).unwrap_or_default().to_string();
-    Ok((value, p.map_or(0, |p| p.version()).to_string()))
+    let (value, version) = super::material::ssm_parameter(&aws_sdk_ssm::Client::new(&cfg), name).await?;
+    Ok((value, version.to_string()))
 }
 
 /// `--poll`: checks the source every `every` and reloads when its version changed. A version
@@ -218,8 +204,7 @@ pub async fn poll(control: Arc<Control>, src: ConfigSource, every: Duration) {
             seen.clone_from(&now);
             in_force = now;
         }
-        let known = seen.clone();
-        match changed(&src, known.as_deref()).await {
+        match changed(&src, seen.as_deref()).await {
             Ok(None) => {
                 control.state.metrics.config_source_check("unchanged");
                 failing = false;
