@@ -120,6 +120,21 @@ fn start(text: String) -> Result<Server, StartError> {
     })
 }
 
+/// `pilotfish check --config SOURCE` with moto as the AWS endpoint.
+fn check(moto: &Moto, source: &OsStr) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .arg("check")
+        .arg("--config")
+        .arg(source)
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+}
+
 async fn admin_get(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> Got {
     let url = format!("http://{admin}{path}");
     match token {
@@ -388,25 +403,54 @@ async fn a_configuration_in_parameter_store_reloads_on_a_new_version_and_check_r
     assert_eq!(shown["source"], serde_json::json!({"location": "ssm:/edge/pilotfish.toml", "version": "2"}));
 
     // `pilotfish check` reads the same sources.
-    let check = |source: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
-            .args(["check", "--config", source])
-            .env("AWS_ENDPOINT_URL", moto.endpoint())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .unwrap()
-    };
-    let ok = check("ssm:/edge/pilotfish.toml");
+    let check_ssm = |source: &str| check(&moto, OsStr::new(source));
+    let ok = check_ssm("ssm:/edge/pilotfish.toml");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     put_parameter(&cfg, "/edge/broken.toml", "[server]\nadmin_bind = 7\n", false).await;
-    let bad = check("ssm:/edge/broken.toml");
+    let bad = check_ssm("ssm:/edge/broken.toml");
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("ssm:/edge/broken.toml:2:14:"), "{err}");
-    let missing = check("ssm:/edge/nothing-here");
+    let missing = check_ssm("ssm:/edge/nothing-here");
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("GetParameter failed: ParameterNotFound"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_examples_that_read_aws_pass_check_against_what_they_name() {
+    let blocks: Vec<String> =
+        common::readme_toml_blocks().into_iter().filter(|(aws, _)| *aws).map(|(_, b)| b).collect();
+    assert!(!blocks.is_empty(), "the README shows the AWS sources");
+    let moto = Moto::start().await;
+    let cfg = sdk(&moto).await;
+    // What the examples name, put where they say.
+    let (arn, _) = acm_certificate(&cfg, "shop.example.com").await;
+    let ca = Ca::new("readme CA");
+    let (api, partners) = (ca.issue(&["api.example.com"], &ECDSA), ca.issue(&["partners.example.com"], &ECDSA));
+    put_parameter(&cfg, "/edge/admin-token", "readme-token", true).await;
+    put_parameter(&cfg, "/edge/tls/api.crt", &api.cert, false).await;
+    put_parameter(&cfg, "/edge/tls/api.key", &api.key, true).await;
+    let sm = aws_sdk_secretsmanager::Client::new(&cfg);
+    let secrets = [
+        ("edge/keys", serde_json::json!({ "cookie_key": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=" })),
+        ("edge/partners-tls", serde_json::json!({ "cert": partners.cert, "key": partners.key })),
+    ];
+    for (name, value) in secrets {
+        sm.create_secret().name(name).secret_string(value.to_string()).send().await.unwrap();
+    }
+    let dir = tmp("readme");
+    for (i, block) in blocks.iter().enumerate() {
+        // The ARN is the one moto gave; the example's own is a made-up one of the same form.
+        let example_arn = block.lines().find_map(|l| l.strip_prefix("acm = \"")).and_then(|l| l.split('"').next());
+        let text = match example_arn {
+            Some(a) => block.replace(a, &arn),
+            None => block.clone(),
+        };
+        let path = dir.join(format!("readme-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = check(&moto, path.as_os_str());
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "README AWS example {i}:\n{said}");
+        assert!(said.contains("OK"), "{said}");
+    }
 }
