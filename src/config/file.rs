@@ -238,6 +238,10 @@ pub struct Listener {
     pub default_action: Option<Spanned<Action>>,
     /// Larger request bodies get 413 (bytes; unlimited when absent, like ALB).
     pub max_request_body: Option<Spanned<u64>>,
+    /// Set on every response of the listener, replacing the target's value.
+    pub response_headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// false: `Server` is removed from responses.
+    pub server_header: Option<Spanned<bool>>,
 }
 
 fn default_listener_protocol() -> Spanned<ListenerProtocol> {
@@ -322,6 +326,38 @@ pub struct Rule {
     pub forward: Option<Spanned<Forward>>,
     pub redirect: Option<Spanned<Redirect>>,
     pub fixed_response: Option<Spanned<FixedResponse>>,
+    /// Header fields set and removed on the request before it is forwarded.
+    pub request_headers: Option<Spanned<HeaderEdits>>,
+    /// Header fields set and removed on the rule's responses.
+    pub response_headers: Option<Spanned<HeaderEdits>>,
+    /// ALB's host-header-rewrite and url-rewrite, applied after matching.
+    pub transforms: Option<Spanned<Transforms>>,
+}
+
+/// `{ set = { name = value }, remove = [names] }`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// `{ host = { regex, replace }, url = { regex, replace } }`.
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Transforms {
+    pub host: Option<Spanned<Rewrite>>,
+    pub url: Option<Spanned<Rewrite>>,
+}
+
+/// A regex and its replacement (`$1`-style captures).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    pub regex: Spanned<String>,
+    pub replace: Spanned<String>,
 }
 
 /// Upstream protocol of a target group.

@@ -10,6 +10,7 @@ use http::{HeaderValue, StatusCode};
 use rustc_hash::FxHashMap;
 
 use crate::balance::TargetGroup;
+use crate::routing::rewrite::{HeaderEdits, RequestRewrite};
 use crate::routing::Router;
 use crate::telemetry::metrics::{CodeCounters, Histogram, ListenerStats};
 
@@ -249,6 +250,17 @@ pub enum Action {
     Fixed(FixedAction),
 }
 
+/// What the router gives a request: the action, and what the rule (and its listener) change in
+/// the request and the response.
+#[derive(Debug)]
+pub struct Routed {
+    pub action: Action,
+    /// The rule's transforms and request header edits (forward rules only).
+    pub request: Option<Arc<RequestRewrite>>,
+    /// Response header edits: the listener's, then the rule's.
+    pub response: Option<Arc<HeaderEdits>>,
+}
+
 /// A compiled listener.
 #[derive(Debug)]
 pub struct ListenerConfig {
@@ -257,7 +269,7 @@ pub struct ListenerConfig {
     /// Where the `bind` key is in the file (line, column; 1-based), for bind errors.
     pub bind_at: Option<(usize, usize)>,
     pub protocol: ListenerProtocol,
-    pub router: Router<Action>,
+    pub router: Router<Routed>,
     pub stats: Arc<ListenerStats>,
     /// Responses the balancer gives before any rule applies (400, 408, …).
     pub own_codes: Arc<CodeCounters>,
@@ -265,6 +277,9 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Request body limit in bytes (None: unlimited).
     pub max_request_body: Option<u64>,
+    /// The listener's own response edits (`response_headers`, `server_header`), for the
+    /// answers it gives before a rule applies.
+    pub response_edits: Option<Arc<HeaderEdits>>,
 }
 
 /// `[aws]` settings.

@@ -11,8 +11,11 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use super::body::RespBody;
+use std::sync::Arc;
+
 use super::error::ProxyError;
 use crate::config::snapshot::FixedResponse;
+use crate::routing::rewrite::HeaderEdits;
 
 /// A response the balancer gives itself.
 #[derive(Debug, Clone)]
@@ -27,6 +30,8 @@ pub struct Answer {
     pub location: Option<HeaderValue>,
     /// `grpc-status` and `grpc-message`, for gRPC clients.
     pub grpc: Option<(u8, &'static str)>,
+    /// The listener's and the rule's response header edits.
+    pub headers: Option<Arc<HeaderEdits>>,
 }
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -43,6 +48,7 @@ impl Answer {
             body: Bytes::from_static(text(status).as_bytes()),
             location: None,
             grpc: None,
+            headers: None,
         };
         if grpc {
             a.grpc = Some(grpc_status(status));
@@ -63,6 +69,7 @@ impl Answer {
             body: f.body.clone(),
             location: None,
             grpc: None,
+            headers: None,
         }
     }
 
@@ -77,9 +84,16 @@ impl Answer {
                 body: Bytes::new(),
                 location: Some(v),
                 grpc: None,
+                headers: None,
             },
             Err(_) => Answer::error(&ProxyError::BadRequest("cannot_build_redirect"), false),
         }
+    }
+
+    /// The answer with the response header edits of its listener and rule.
+    pub fn with_headers(mut self, headers: Option<Arc<HeaderEdits>>) -> Answer {
+        self.headers = headers;
+        self
     }
 
     /// Whether the balancer answered because something failed (counted as `HTTPCode_ELB_*`).
@@ -98,12 +112,23 @@ impl Answer {
         out.extend_from_slice(self.status.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(self.status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
-        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(b"\r\n");
+        let edits = self.headers.as_deref();
+        if !edits.is_some_and(|e| e.drops(b"content-type")) {
+            out.extend_from_slice(b"content-type: ");
+            out.extend_from_slice(self.content_type.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
-        if let Some(l) = &self.location {
+        for (n, v) in edits.map(HeaderEdits::set).unwrap_or_default() {
+            out.extend_from_slice(n.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(l) = self.location.as_ref().filter(|_| !edits.is_some_and(|e| e.drops(b"location"))) {
             out.extend_from_slice(b"location: ");
             out.extend_from_slice(l.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -137,6 +162,9 @@ impl Answer {
             h.insert("grpc-status", HeaderValue::from(u16::from(code)));
             h.insert("grpc-message", HeaderValue::from_static(message));
         }
+        if let Some(e) = &self.headers {
+            e.apply(h);
+        }
         r
     }
 }
@@ -156,6 +184,7 @@ fn text(status: StatusCode) -> &'static str {
         414 => "414 URI Too Long\n",
         431 => "431 Request Header Fields Too Large\n",
         405 => "405 Method Not Allowed\n",
+        500 => "500 Internal Server Error: the rule's rewrite made an invalid request\n",
         _ => "400 Bad Request\n",
     }
 }
@@ -170,6 +199,7 @@ fn grpc_status(status: StatusCode) -> (u8, &'static str) {
         408 => (4, "the request did not arrive in time"),
         413 | 414 | 431 => (8, "the request is larger than the balancer allows"),
         405 => (12, "method not supported"),
+        500 => (13, "the rule's rewrite made an invalid request"),
         _ => (13, "the balancer refused a malformed request"),
     }
 }

@@ -41,6 +41,9 @@ pub enum ProxyError {
     UriTooLong,
     #[error("method not supported ({0})")]
     MethodNotAllowed(&'static str),
+    /// A rule's transform made an invalid host or path.
+    #[error("the rule's transform made an invalid request ({0})")]
+    RewriteInvalid(&'static str),
 }
 
 impl ProxyError {
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RewriteInvalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -76,7 +80,10 @@ impl ProxyError {
             ProxyError::Upstream { .. } | ProxyError::TargetReset(_) => "target_reset",
             ProxyError::BadResponse { reason, .. } => reason,
             ProxyError::ResponseTimeout(_) => "target_response_timeout",
-            ProxyError::BadRequest(r) | ProxyError::HeadTooLarge(r) | ProxyError::MethodNotAllowed(r) => r,
+            ProxyError::BadRequest(r)
+            | ProxyError::HeadTooLarge(r)
+            | ProxyError::MethodNotAllowed(r)
+            | ProxyError::RewriteInvalid(r) => r,
             ProxyError::RequestTimeout => "request_timeout",
             ProxyError::PayloadTooLarge => "request_body_too_large",
             ProxyError::UriTooLong => "uri_too_long",

@@ -38,7 +38,7 @@ use super::h1::client::{self, Outbound, SendError, Sending};
 use super::h1::io::{self as hio, ClientIo, Timer};
 use super::h1::parse::{self, BodyLen, Kind, RequestHead, Version as H1Version};
 use super::h1::server::Next;
-use super::service::{count_answer, redirect_location, ConnCtx, LogFields, RequestLog};
+use super::service::{count_answer, redirect_location, Changes, ConnCtx, LogFields, RequestLog};
 use super::upstream::{self, H2Body, Stream};
 use crate::balance::Target;
 use crate::config::snapshot::UpstreamProtocol;
@@ -132,6 +132,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         }
         None => None,
     };
+    let mut edits = listener.response_edits.clone();
     let resp = if let Some(e) = refused {
         answered(Answer::error(&e, grpc), &listener.stats, &listener.own_codes, None, &mut log)
     } else {
@@ -146,7 +147,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         });
         let rule = route.rule.map(|r| r.name.clone());
         log.with(|r| r.rule = rule);
-        match route.action {
+        let routed = route.action;
+        edits.clone_from(&routed.response);
+        match &routed.action {
             Action::Fixed(f) => answered(Answer::fixed(&f.response), &listener.stats, &f.codes, None, &mut log),
             Action::Redirect(rd) => {
                 let loc = redirect_location(&rd.to, &ctx.client, &host, req.uri().path(), req.uri().query());
@@ -155,13 +158,21 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
             Action::Forward(fw) => {
                 let arm = fw.choose();
                 log.with(|r| r.target_group = Some(arm.group.name.clone()));
-                // Boxed: the forwarding state is most of a request's, and only forwards need it.
-                let r = match arm.transport.protocol {
-                    UpstreamProtocol::Http2 => {
-                        Box::pin(to_h2_target(&ctx, &listener, arm, req, raw_host, &mut log)).await
-                    }
-                    UpstreamProtocol::Http1 => {
-                        Box::pin(to_h1_target(&ctx, &listener, arm, req, raw_host, &mut log)).await
+                let r = match Changes::of(routed, &host, raw_host, req.uri().path()) {
+                    Err(e) => Err(e),
+                    Ok(changes) => {
+                        let mut req = req;
+                        let to_host = changes.rewrite_h2(&mut req);
+                        let to_host = to_host.as_deref().unwrap_or(raw_host);
+                        // Boxed: the forwarding state is most of a request's, and only forwards need it.
+                        match arm.transport.protocol {
+                            UpstreamProtocol::Http2 => {
+                                Box::pin(to_h2_target(&ctx, &listener, arm, req, to_host, &mut log)).await
+                            }
+                            UpstreamProtocol::Http1 => {
+                                Box::pin(to_h1_target(&ctx, &listener, arm, req, to_host, &mut log)).await
+                            }
+                        }
                     }
                 };
                 match r {
@@ -178,6 +189,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         }
     };
     let mut resp = resp;
+    if let Some(e) = &edits {
+        e.apply(resp.headers_mut());
+    }
     listener.stats.processed_bytes.add(declared.unwrap_or(0));
     resp.body_mut().count_into(listener.stats.clone());
     resp.body_mut().log_on_end(log);
@@ -630,14 +644,16 @@ pub async fn forward_from_h1<S: ClientIo>(
     listener: &ListenerConfig,
     arm: &ForwardArm,
     request_id: Option<&[u8]>,
+    changes: &Changes<'_>,
     mut log: RequestLog,
     timer: &mut Timer<'_>,
 ) -> Next {
     let data = rbuf.data();
     let idle = ctx.server.idle_timeout;
     let local = head.authority.is_none().then(|| io.local_addr()).flatten().map(|a| a.to_string());
-    let authority = local.as_deref().unwrap_or(head.authority_str(data));
-    let mut uri = format!("http://{authority}{}", head.path_str(data));
+    let authority = changes.host.as_deref().or(local.as_deref()).unwrap_or(head.authority_str(data));
+    let path = changes.path.as_deref().unwrap_or(head.path_str(data));
+    let mut uri = format!("http://{authority}{path}");
     if let Some(q) = head.query_str(data) {
         uri.push('?');
         uri.push_str(q);
@@ -667,10 +683,14 @@ pub async fn forward_from_h1<S: ClientIo>(
         if let Some(id) = request_id {
             map.insert(&X_REQUEST_ID, HeaderValue::from_bytes(id).ok()?);
         }
+        if let Some(e) = changes.request_headers {
+            e.apply(map);
+        }
         Some(())
     })();
     if built.is_none() {
-        let a = Answer::error(&ProxyError::BadRequest("not_representable_in_http2"), head.grpc);
+        let a = Answer::error(&ProxyError::BadRequest("not_representable_in_http2"), head.grpc)
+            .with_headers(changes.answer_headers());
         count_answer(&a, &arm.codes, Some(arm));
         return super::h1::server::respond(io, rbuf, head, ctx, a, log, timer).await;
     }
@@ -719,7 +739,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
-            let a = Answer::error(&e, head.grpc);
+            let a = Answer::error(&e, head.grpc).with_headers(changes.answer_headers());
             count_answer(&a, &arm.codes, Some(arm));
             let mut a = a;
             a.close |= !body_done;
@@ -727,7 +747,10 @@ pub async fn forward_from_h1<S: ClientIo>(
         }
     };
     arm.codes.inc(resp.status().as_u16());
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    if let Some(e) = changes.response_headers {
+        e.apply(&mut parts.headers);
+    }
     let no_body = head_request
         || parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT

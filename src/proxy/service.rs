@@ -10,9 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::answer::Answer;
+use super::error::ProxyError;
 use super::forward::ClientInfo;
 use crate::config::snapshot::AccessLogFormat;
-use crate::config::snapshot::{ForwardArm, ListenerConfig, Redirect, ServerSettings, Snapshot};
+use crate::config::snapshot::{ForwardArm, ListenerConfig, Redirect, Routed, ServerSettings, Snapshot};
+use crate::routing::rewrite::HeaderEdits;
 use crate::state::SharedState;
 use crate::telemetry::access_log::{secs, AccessLog, Record};
 use crate::telemetry::metrics::{CodeCounters, ListenerStats};
@@ -312,4 +314,88 @@ pub fn redirect_location(rd: &Redirect, client: &ClientInfo, host: &str, path: &
         loc.push_str(q);
     }
     loc
+}
+
+/// What the matched rule changes in one request and its response: the host and path after its
+/// transforms (None: unchanged), its request header edits, and the response header edits (the
+/// listener's, then the rule's).
+#[derive(Default)]
+pub struct Changes<'a> {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub request_headers: Option<&'a HeaderEdits>,
+    pub response_headers: Option<&'a Arc<HeaderEdits>>,
+}
+
+impl<'a> Changes<'a> {
+    /// What `routed` changes in a request for `host` (normalized: no port, lowercase) whose
+    /// authority was `authority`, at `path`. A rewrite that makes an invalid host or path is an
+    /// error (500).
+    pub fn of(routed: &'a Routed, host: &str, authority: &str, path: &str) -> Result<Changes<'a>, ProxyError> {
+        let mut c = Changes { response_headers: routed.response.as_ref(), ..Changes::default() };
+        let Some(rw) = routed.request.as_deref() else { return Ok(c) };
+        if let Some(t) = &rw.host {
+            if let Some(mut new) = t.apply(host) {
+                // The port the client named is kept.
+                if let Some((_, port)) = authority.rsplit_once(':').filter(|(h, p)| {
+                    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.starts_with('[') || h.ends_with(']'))
+                }) {
+                    new.push(':');
+                    new.push_str(port);
+                }
+                if new.is_empty() || !super::h1::parse::valid_host(&new) {
+                    return Err(ProxyError::RewriteInvalid("rewrite_invalid_host"));
+                }
+                c.host = Some(new);
+            }
+        }
+        if let Some(t) = &rw.url {
+            if let Some(new) = t.apply(path) {
+                if !valid_path(&new) {
+                    return Err(ProxyError::RewriteInvalid("rewrite_invalid_path"));
+                }
+                c.path = Some(new);
+            }
+        }
+        c.request_headers = (!rw.headers.is_empty()).then_some(&rw.headers);
+        Ok(c)
+    }
+
+    /// Applies the changes to an HTTP/2 client's request: its path (the query kept) and header
+    /// edits. Returns the new host, which the caller sends instead of the request's (the
+    /// request's own `Host` field, if any, is removed).
+    pub fn rewrite_h2<B>(&self, req: &mut http::Request<B>) -> Option<String> {
+        if let Some(p) = &self.path {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.clone(),
+            };
+            let mut parts = req.uri().clone().into_parts();
+            // A valid path and an already valid query make a valid path-and-query.
+            parts.path_and_query = pq.parse().ok();
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+        if self.host.is_some() {
+            req.headers_mut().remove(http::header::HOST);
+        }
+        if let Some(e) = self.request_headers {
+            e.apply(req.headers_mut());
+        }
+        self.host.clone()
+    }
+
+    /// The response edits, for an answer of the balancer's own.
+    pub fn answer_headers(&self) -> Option<Arc<HeaderEdits>> {
+        self.response_headers.cloned()
+    }
+}
+
+/// Whether `p` is an origin-form path: `/`, then RFC 3986 path characters (no query, no
+/// fragment, no spaces or controls).
+pub fn valid_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() <= 8192
+        && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b))
 }

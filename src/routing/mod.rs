@@ -9,6 +9,7 @@
 #![deny(clippy::disallowed_types)] // no lock on the data plane (.clippy.toml)
 
 pub mod pattern;
+pub mod rewrite;
 
 use std::net::IpAddr;
 

@@ -43,7 +43,8 @@ pub struct Seen {
 }
 
 /// A real HTTP server (HTTP/1.1 and h2c) that answers with its name and records requests.
-/// `x-delay-ms: N` makes it wait N ms before answering; `x-status: N` sets the status.
+/// `x-delay-ms: N` makes it wait N ms before answering; `x-status: N` sets the status;
+/// `x-reply-header: name=value` adds that field to the response.
 /// `GET /health` answers `health_status` (200 by default) and is counted apart, not recorded.
 pub struct Backend {
     pub name: &'static str,
@@ -134,6 +135,15 @@ impl Backend {
                             r.headers_mut().insert("x-backend", name.parse().unwrap());
                             r.headers_mut().insert("connection", "keep-alive, x-hop".parse().unwrap());
                             r.headers_mut().insert("x-hop", "must-not-reach-client".parse().unwrap());
+                            // `x-reply-header: name=value` asks for that response field.
+                            for v in parts.headers.get_all("x-reply-header") {
+                                if let Some((n, v)) = v.to_str().ok().and_then(|v| v.split_once('=')) {
+                                    r.headers_mut().append(
+                                        http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                                        v.parse().unwrap(),
+                                    );
+                                }
+                            }
                             Ok::<_, Infallible>(r)
                         }
                     });

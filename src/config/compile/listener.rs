@@ -14,6 +14,7 @@ use super::rule::{self, ActionDef};
 use super::{check_name, optional, Ctx};
 use crate::config::file;
 use crate::config::snapshot::ListenerProtocol;
+use crate::routing::rewrite::HeaderEdits;
 
 /// The ALPN protocols an https listener offers when `alpn` is not set.
 const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
@@ -30,6 +31,8 @@ pub(super) struct ListenerDef {
     /// None: the built-in 404.
     pub default_action: Option<ActionDef>,
     pub max_request_body: Option<u64>,
+    /// `response_headers` and `server_header = false`.
+    pub response_edits: Option<HeaderEdits>,
 }
 
 /// An https listener's certificates (names) and ALPN list.
@@ -107,6 +110,7 @@ fn compile<'a>(
         }
         None => None,
     };
+    let response_edits = super::rewrite::listener_edits(cx, l, &format!("listener {:?}", l.name.get_ref()));
     let def = ListenerDef {
         name: name.as_str().into(),
         bind: bind?,
@@ -115,6 +119,7 @@ fn compile<'a>(
         tls,
         default_action: optional(default_action)?,
         max_request_body: l.max_request_body.as_ref().map(|m| *m.get_ref()),
+        response_edits,
     };
     cx.clean_since(mark).then_some(def)
 }

@@ -16,6 +16,7 @@
 //! all: [`file::FileConfig::unreadable`]), so one mistake is reported once.
 
 mod listener;
+mod rewrite;
 mod rule;
 mod server;
 mod target_group;
@@ -36,6 +37,7 @@ use super::material::Material;
 use super::snapshot::*;
 use super::{Diagnostics, Severity, SourceMap};
 use crate::balance::TargetGroup;
+use crate::routing::rewrite::HeaderEdits;
 use crate::routing::{Router, Rule};
 use crate::telemetry::metrics::Metrics;
 use listener::ListenerDef;
@@ -410,6 +412,12 @@ fn build(
         .enumerate()
         .map(|(i, lp)| {
             let l = lp.def;
+            let listener_edits = l.response_edits.map(Arc::new);
+            let response = |rule: Option<&HeaderEdits>| match (&listener_edits, rule) {
+                (Some(l), Some(r)) => Some(Arc::new(l.then(r))),
+                (None, Some(r)) => Some(Arc::new(r.clone())),
+                (l, None) => l.clone(),
+            };
             let rules = plan
                 .rules
                 .iter()
@@ -418,7 +426,11 @@ fn build(
                     name: r.def.name.clone(),
                     priority: r.def.priority,
                     conditions: r.def.conditions.clone(),
-                    action: action(metrics, &l.name, &upstreams, &r.def.action, &r.arms),
+                    action: Routed {
+                        action: action(metrics, &l.name, &upstreams, &r.def.action, &r.arms),
+                        request: r.def.request.clone().map(Arc::new),
+                        response: response(r.def.response.as_ref()),
+                    },
                 })
                 .collect();
             let default = match &l.default_action {
@@ -439,7 +451,8 @@ fn build(
                 bind: l.bind,
                 bind_at: Some(l.bind_at),
                 protocol: l.protocol,
-                router: Router::new(rules, default),
+                router: Router::new(rules, Routed { action: default, request: None, response: response(None) }),
+                response_edits: listener_edits,
                 tls: lp.tls,
                 max_request_body: l.max_request_body,
             })
@@ -598,6 +611,51 @@ targets = ["127.0.0.1"]
     }
 
     #[test]
+    fn header_edits_and_transforms_are_checked_at_their_keys() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+response_headers = { "content-length" = "1" }
+server_header = false
+
+[[rules]]
+name = "a"
+listeners = ["web"]
+priority = 1
+transforms = { host = { regex = "(unclosed", replace = "x" }, url = { regex = "^/(a)$", replace = "/$2" } }
+request_headers = { set = { "x-forwarded-for" = "1.2.3.4" }, remove = ["host"] }
+response_headers = { set = { "bad name" = "v" } }
+forward = "g"
+
+[[rules]]
+name = "b"
+listeners = ["web"]
+priority = 2
+request_headers = { remove = ["x-debug"] }
+fixed_response = { status = 200 }
+
+[[target_groups]]
+name = "g"
+targets = ["127.0.0.1:9000"]
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:5:20: listener \"web\": \"content-length\" cannot be set or removed",
+            "t.toml:12:33: rule \"a\": transforms.host: bad regex",
+            "t.toml:12:99: rule \"a\": transforms.url: replace refers to ${2}",
+            "t.toml:13:19: rule \"a\": request_headers: \"x-forwarded-for\" cannot be set or removed",
+            "t.toml:13:19: rule \"a\": request_headers: \"host\" cannot be set or removed: pilotfish sends the request's host: rewrite it with transforms.host",
+            "t.toml:14:20: rule \"a\": response_headers: bad header name \"bad name\"",
+            "t.toml:21:19: rule \"b\": transforms and request_headers apply to forward rules only",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
     fn pieces_read_alone_keep_dotted_keys_and_refuse_misshapen_sections() {
         // Dotted keys (valid TOML) at the root and inside an element, next to an error elsewhere:
         // only that error, and the checks after it still see the dotted values at their places.
@@ -660,9 +718,9 @@ redirect.status = 302
         let (snap, _) = compile(input).unwrap_or_else(|d| panic!("{d}"));
         let listener = snap.listener("web").unwrap();
         assert!(
-            matches!(listener.router.default_action(), Action::Fixed(f) if f.response.status == 404 && &f.response.body[..] == b"none here")
+            matches!(&listener.router.default_action().action, Action::Fixed(f) if f.response.status == 404 && &f.response.body[..] == b"none here")
         );
-        assert!(matches!(&listener.router.rules()[0].action, Action::Redirect(r) if r.to.status == 302));
+        assert!(matches!(&listener.router.rules()[0].action.action, Action::Redirect(r) if r.to.status == 302));
     }
 
     #[test]

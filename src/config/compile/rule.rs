@@ -12,9 +12,11 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 
+use super::rewrite::{self, Side};
 use super::{check_name, Ctx, MAX_WEIGHT};
 use crate::config::file::{self, Forward};
 use crate::config::snapshot::{FixedResponse, Redirect};
+use crate::routing::rewrite::{HeaderEdits, RequestRewrite};
 use crate::routing::{Conditions, Pattern};
 
 /// ALB's limits, which pilotfish follows so configs move between the two.
@@ -27,6 +29,10 @@ pub(super) struct RuleDef {
     pub priority: u32,
     pub conditions: Conditions,
     pub action: ActionDef,
+    /// `transforms` and `request_headers` (forward rules).
+    pub request: Option<RequestRewrite>,
+    /// `response_headers`.
+    pub response: Option<HeaderEdits>,
 }
 
 /// A checked action. A forward's target groups are references, resolved from its `forward` key.
@@ -68,7 +74,23 @@ fn compile(cx: &mut Ctx<'_>, r: &file::Rule) -> Option<RuleDef> {
         r.name.span(),
         &format!("rule {name:?}"),
     );
-    let def = RuleDef { name: name.as_str().into(), priority, conditions: conditions?, action: action? };
+    let owner = format!("rule {name:?}");
+    let request_keys =
+        r.transforms.as_ref().map(Spanned::span).or_else(|| r.request_headers.as_ref().map(Spanned::span));
+    let request = match request_keys {
+        Some(at) if r.forward.is_none() => {
+            cx.err(at, format!("{owner}: transforms and request_headers apply to forward rules only"));
+            None
+        }
+        Some(_) => rewrite::request_rewrite(cx, r, &owner),
+        None => None,
+    };
+    let response = r
+        .response_headers
+        .as_ref()
+        .and_then(|e| rewrite::header_edits(cx, e, Side::Response, &format!("{owner}: response_headers")));
+    let def =
+        RuleDef { name: name.as_str().into(), priority, conditions: conditions?, action: action?, request, response };
     cx.clean_since(mark).then_some(def)
 }
 

@@ -10,6 +10,7 @@ use std::io::IoSlice;
 
 use super::parse::{Field, Form, Kind, RequestHead, ResponseHead, Version};
 use crate::proxy::forward::ClientInfo;
+use crate::routing::rewrite::HeaderEdits;
 
 /// Most slices one head is written with before it is copied into one buffer instead.
 pub const MAX_SLICES: usize = 48;
@@ -75,11 +76,18 @@ impl<'a> Sink<'a> for Vec<u8> {
     }
 }
 
-/// Puts the kept field lines: runs of adjacent lines as one piece each, or line by line with
-/// CRLF when the head used bare LF.
-fn put_fields<'a>(out: &mut impl Sink<'a>, data: &'a [u8], fields: &[Field], bare_lf: bool) {
+/// Puts the field lines `keep` keeps (those not marked `drop` by the parser, and not dropped by
+/// an edit): runs of adjacent lines as one piece each, or line by line with CRLF when the head
+/// used bare LF.
+fn put_fields<'a>(
+    out: &mut impl Sink<'a>,
+    data: &'a [u8],
+    fields: &[Field],
+    bare_lf: bool,
+    keep: impl Fn(&Field) -> bool,
+) {
     if bare_lf {
-        for f in fields.iter().filter(|f| !f.drop) {
+        for f in fields.iter().filter(|f| keep(f)) {
             out.put(f.name.of(data));
             out.put(b": ");
             out.put(f.value.of(data));
@@ -89,7 +97,7 @@ fn put_fields<'a>(out: &mut impl Sink<'a>, data: &'a [u8], fields: &[Field], bar
     }
     let mut run: Option<(usize, usize)> = None;
     for f in fields {
-        if f.drop {
+        if !keep(f) {
             if let Some((s, e)) = run.take() {
                 out.put(&data[s..e]);
             }
@@ -109,6 +117,34 @@ fn put_fields<'a>(out: &mut impl Sink<'a>, data: &'a [u8], fields: &[Field], bar
     }
 }
 
+/// Puts the fields of `head` with `edits` applied: its removals and replaced fields left out,
+/// the fields it sets added after the kept ones.
+fn put_edited<'a>(
+    out: &mut impl Sink<'a>,
+    data: &'a [u8],
+    fields: &[Field],
+    bare_lf: bool,
+    edits: Option<&'a HeaderEdits>,
+    drop_host: bool,
+) {
+    match edits {
+        None if !drop_host => put_fields(out, data, fields, bare_lf, |f| !f.drop),
+        _ => {
+            let keep = |f: &Field| {
+                let dropped = f.drop || (drop_host && f.kind == Kind::Host);
+                !dropped && !edits.is_some_and(|e| e.drops(f.name.of(data)))
+            };
+            put_fields(out, data, fields, bare_lf, keep);
+            for (n, v) in edits.map(HeaderEdits::set).unwrap_or_default() {
+                out.put(n.as_str().as_bytes());
+                out.put(b": ");
+                out.put(v.as_bytes());
+                out.put(b"\r\n");
+            }
+        }
+    }
+}
+
 /// What pilotfish adds to a forwarded request, formatted before the head is assembled.
 pub struct RequestAdditions<'a> {
     pub client: &'a ClientInfo,
@@ -118,12 +154,27 @@ pub struct RequestAdditions<'a> {
     pub host: Option<&'a [u8]>,
     /// The body is sent chunked (`transfer-encoding: chunked` is added).
     pub chunked: bool,
+    /// The rule's `request_headers`.
+    pub edits: Option<&'a HeaderEdits>,
+    /// A rewritten host (`transforms.host`): sent instead of the client's.
+    pub rewritten_host: Option<&'a [u8]>,
+    /// A rewritten path (`transforms.url`): sent instead of the client's, with its query.
+    pub rewritten_path: Option<&'a [u8]>,
 }
 
 /// The head of `head` as it goes to an HTTP/1.1 target.
 pub fn request_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &RequestHead, add: &RequestAdditions<'a>) {
     // Request line: always HTTP/1.1, an absolute-form target in origin form.
     match head.form {
+        _ if add.rewritten_path.is_some() => {
+            out.put(head.method.of(data));
+            out.put(b" ");
+            out.put(add.rewritten_path.unwrap_or(b"/"));
+            if let Some(q) = head.query {
+                out.put(b"?");
+                out.put(q.of(data));
+            }
+        }
         Form::Absolute => {
             out.put(head.method.of(data));
             out.put(b" ");
@@ -140,15 +191,16 @@ pub fn request_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &RequestH
         Form::Origin | Form::Asterisk => out.put(&data[head.start as usize..head.target.end as usize]),
     }
     out.put(b" HTTP/1.1\r\n");
-    put_fields(out, data, head.fields.all(), head.bare_lf);
-    if head.form == Form::Absolute && head.fields.first(Kind::Host).is_none() {
+    let new_host = add.rewritten_host;
+    put_edited(out, data, head.fields.all(), head.bare_lf, add.edits, new_host.is_some());
+    if head.form == Form::Absolute && head.fields.first(Kind::Host).is_none() && new_host.is_none() {
         if let Some(a) = head.authority {
             out.put(b"host: ");
             out.put(a.of(data));
             out.put(b"\r\n");
         }
     }
-    if let Some(h) = add.host {
+    if let Some(h) = new_host.or(add.host) {
         out.put(b"host: ");
         out.put(h);
         out.put(b"\r\n");
@@ -198,7 +250,7 @@ pub enum OutFraming {
 
 /// What pilotfish changes in a relayed response head.
 #[derive(Debug, Clone, Copy)]
-pub struct ResponseEdits {
+pub struct ResponseEdits<'e> {
     pub framing: OutFraming,
     /// `connection: close` is added (the client connection closes after this response).
     pub close: bool,
@@ -208,14 +260,16 @@ pub struct ResponseEdits {
     pub upgrade: bool,
     /// The response to a HEAD request whose target declared chunked framing.
     pub head_chunked: bool,
+    /// The listener's and the rule's `response_headers` (and `server_header = false`).
+    pub headers: Option<&'e HeaderEdits>,
 }
 
 /// The head of a target's response as it goes to an HTTP/1.1 client.
-pub fn response_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &ResponseHead, edits: &ResponseEdits) {
+pub fn response_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &ResponseHead, edits: &ResponseEdits<'a>) {
     out.put(b"HTTP/1.1 ");
     out.put(head.status_line.of(data));
     out.put(b"\r\n");
-    put_fields(out, data, head.fields.all(), head.bare_lf);
+    put_edited(out, data, head.fields.all(), head.bare_lf, edits.headers, false);
     if edits.framing == OutFraming::Chunked || edits.head_chunked {
         out.put(b"transfer-encoding: chunked\r\n");
     }
@@ -234,7 +288,7 @@ pub fn interim_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &Response
     out.put(b"HTTP/1.1 ");
     out.put(head.status_line.of(data));
     out.put(b"\r\n");
-    put_fields(out, data, head.fields.all(), head.bare_lf);
+    put_fields(out, data, head.fields.all(), head.bare_lf, |f| !f.drop);
     out.put(b"\r\n");
 }
 
@@ -274,7 +328,15 @@ mod tests {
     #[test]
     fn the_forwarded_head_keeps_the_clients_lines_and_adds_ours() {
         let c = client();
-        let add = RequestAdditions { client: &c, request_id: Some(b"1-abc"), host: None, chunked: false };
+        let add = RequestAdditions {
+            client: &c,
+            request_id: Some(b"1-abc"),
+            host: None,
+            chunked: false,
+            edits: None,
+            rewritten_host: None,
+            rewritten_path: None,
+        };
         let got = forwarded(
             b"GET /x?y HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nKeep-Alive: 5\r\nAccept: */*\r\nUser-Agent: t\r\nx-forwarded-for: 10.0.0.1\r\nTE: trailers\r\n\r\n",
             &add,
@@ -290,10 +352,26 @@ mod tests {
     #[test]
     fn http10_absolute_form_bare_lf_and_chunked_bodies_become_valid_http11() {
         let c = client();
-        let add = RequestAdditions { client: &c, request_id: None, host: Some(b"10.0.0.5:80"), chunked: false };
+        let add = RequestAdditions {
+            client: &c,
+            request_id: None,
+            host: Some(b"10.0.0.5:80"),
+            chunked: false,
+            edits: None,
+            rewritten_host: None,
+            rewritten_path: None,
+        };
         let got = forwarded(b"GET / HTTP/1.0\nX-A: b\n\n", &add);
         assert!(got.starts_with("GET / HTTP/1.1\r\nX-A: b\r\nhost: 10.0.0.5:80\r\n"), "{got}");
-        let add = RequestAdditions { client: &c, request_id: None, host: None, chunked: true };
+        let add = RequestAdditions {
+            client: &c,
+            request_id: None,
+            host: None,
+            chunked: true,
+            edits: None,
+            rewritten_host: None,
+            rewritten_path: None,
+        };
         let got = forwarded(b"POST http://h:1/p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", &add);
         assert!(got.starts_with("POST /p HTTP/1.1\r\nhost: h:1\r\nx-forwarded-for: 192.0.2.9\r\n"), "{got}");
         assert!(got.ends_with("transfer-encoding: chunked\r\n\r\n"), "{got}");
@@ -305,12 +383,73 @@ mod tests {
         let head = parse_response(b, 0, b.len(), 8192, 100).unwrap().unwrap();
         assert_eq!(head.declared, BodyLen::Chunked);
         let framing = out_framing(head.body_len(false), Version::Http11);
-        let edits = ResponseEdits { framing, close: true, keep_alive: false, upgrade: false, head_chunked: false };
+        let edits = ResponseEdits {
+            framing,
+            close: true,
+            keep_alive: false,
+            upgrade: false,
+            head_chunked: false,
+            headers: None,
+        };
         let mut v = Vec::new();
         response_head(&mut v, b, &head, &edits);
         assert_eq!(
             String::from_utf8(v).unwrap(),
             "HTTP/1.1 200 OK\r\nX-Keep: 1\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn edits_and_rewrites_change_only_what_they_name() {
+        use http::{HeaderName, HeaderValue};
+        let c = client();
+        let edits = HeaderEdits::new(
+            vec![(HeaderName::from_static("x-tenant"), HeaderValue::from_static("shop"))],
+            vec![HeaderName::from_static("x-debug")],
+        );
+        let add = RequestAdditions {
+            client: &c,
+            request_id: None,
+            host: None,
+            chunked: false,
+            edits: Some(&edits),
+            rewritten_host: Some(b"www.example.com"),
+            rewritten_path: Some(b"/orders"),
+        };
+        let got = forwarded(
+            b"GET /api/orders?page=2 HTTP/1.1\r\nHost: api.example.com\r\nX-Debug: 1\r\nX-Tenant: forged\r\nAccept: */*\r\n\r\n",
+            &add,
+        );
+        assert_eq!(
+            got,
+            "GET /orders?page=2 HTTP/1.1\r\nAccept: */*\r\nx-tenant: shop\r\nhost: www.example.com\r\n\
+             x-forwarded-for: 192.0.2.9\r\nx-forwarded-proto: http\r\nx-forwarded-port: 8080\r\n\r\n"
+        );
+        // An absolute-form request: the rewritten host replaces the one from the target too.
+        let got = forwarded(b"GET http://api.example.com/api/x HTTP/1.1\r\n\r\n", &add);
+        assert!(got.starts_with("GET /orders HTTP/1.1\r\nx-tenant: shop\r\nhost: www.example.com\r\n"), "{got}");
+        assert_eq!(got.matches("host:").count(), 1, "{got}");
+
+        let b = b"HTTP/1.1 200 OK\r\nServer: app\r\nX-Keep: 1\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_response(b, 0, b.len(), 8192, 100).unwrap().unwrap();
+        let set = HeaderEdits::new(
+            vec![(HeaderName::from_static("strict-transport-security"), HeaderValue::from_static("max-age=1"))],
+            vec![HeaderName::from_static("server")],
+        );
+        let framing = out_framing(head.body_len(false), Version::Http11);
+        let edits = ResponseEdits {
+            framing,
+            close: false,
+            keep_alive: false,
+            upgrade: false,
+            head_chunked: false,
+            headers: Some(&set),
+        };
+        let mut v = Vec::new();
+        response_head(&mut v, b, &head, &edits);
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            "HTTP/1.1 200 OK\r\nX-Keep: 1\r\nContent-Length: 0\r\nstrict-transport-security: max-age=1\r\n\r\n"
         );
     }
 }

@@ -21,6 +21,7 @@ use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::ops::Range;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,8 +39,9 @@ use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::proxy::answer::Answer;
 use crate::proxy::error::ProxyError;
-use crate::proxy::service::{count_answer, redirect_location, ConnCtx, Current, LogFields, RequestLog};
+use crate::proxy::service::{count_answer, redirect_location, Changes, ConnCtx, Current, LogFields, RequestLog};
 use crate::proxy::upstream::{self, Stream};
+use crate::routing::rewrite::HeaderEdits;
 use crate::routing::{normalize_host, HeaderLookup, RequestView};
 use crate::telemetry::metrics::ListenerStats;
 
@@ -234,21 +236,23 @@ async fn exchange<S: ClientIo>(
     });
     let rule = route.rule.map(|r| r.name.clone());
     log.with(|r| r.rule = rule);
+    let routed = route.action;
+    let edits = || routed.response.clone();
     let too_large = listener.max_request_body.is_some_and(|max| matches!(head.body, BodyLen::Length(n) if n > max));
-    let next = match route.action {
+    let next = match &routed.action {
         _ if too_large => {
-            let a = Answer::error(&ProxyError::PayloadTooLarge, head.grpc);
+            let a = Answer::error(&ProxyError::PayloadTooLarge, head.grpc).with_headers(edits());
             count_answer(&a, &listener.own_codes, None);
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Fixed(f) => {
-            let a = Answer::fixed(&f.response);
+            let a = Answer::fixed(&f.response).with_headers(edits());
             count_answer(&a, &f.codes, None);
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Redirect(rd) => {
             let loc = redirect_location(&rd.to, &ctx.client, &host, path, query);
-            let a = Answer::redirect(rd.to.status, &loc);
+            let a = Answer::redirect(rd.to.status, &loc).with_headers(edits());
             count_answer(&a, &rd.codes, None);
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
@@ -256,13 +260,23 @@ async fn exchange<S: ClientIo>(
             let arm = fw.choose();
             log.with(|r| r.target_group = Some(arm.group.name.clone()));
             let id = new_id.as_ref().map(|id| &id[..]);
-            match arm.transport.protocol {
-                UpstreamProtocol::Http1 => {
-                    forward(io, &mut rbuf, &head, head_at, ctx, listener, arm, id, log, timer).await
+            match Changes::of(routed, &host, authority, path) {
+                Err(e) => {
+                    let a = Answer::error(&e, head.grpc).with_headers(edits());
+                    count_answer(&a, &arm.codes, Some(arm));
+                    respond(io, &mut rbuf, &head, ctx, a, log, timer).await
                 }
-                UpstreamProtocol::Http2 => {
-                    crate::proxy::h2::forward_from_h1(io, &mut rbuf, &head, ctx, listener, arm, id, log, timer).await
-                }
+                Ok(changes) => match arm.transport.protocol {
+                    UpstreamProtocol::Http1 => {
+                        forward(io, &mut rbuf, &head, head_at, ctx, listener, arm, id, &changes, log, timer).await
+                    }
+                    UpstreamProtocol::Http2 => {
+                        let to = crate::proxy::h2::forward_from_h1(
+                            io, &mut rbuf, &head, ctx, listener, arm, id, &changes, log, timer,
+                        );
+                        to.await
+                    }
+                },
             }
         }
     };
@@ -286,7 +300,7 @@ async fn refuse_head<S: ClientIo>(
     timer: &mut Timer<'_>,
 ) -> Next {
     let (snap, listener) = (&*current.snap, &current.listener);
-    let a = Answer::error(&e, false);
+    let a = Answer::error(&e, false).with_headers(listener.response_edits.clone());
     count_answer(&a, &listener.own_codes, None);
     tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, client = %ctx.client.addr, reason = e.reason(), "request refused");
     // The log names what can be read of the request line.
@@ -428,6 +442,8 @@ struct H1Out<'a, S> {
     kept: bool,
     waiting_client: bool,
     idempotent: bool,
+    /// The listener's and the rule's response header edits.
+    response_headers: Option<&'a Arc<HeaderEdits>>,
 }
 
 impl<'a, S: ClientIo> H1Out<'a, S> {
@@ -437,6 +453,7 @@ impl<'a, S: ClientIo> H1Out<'a, S> {
         head: &'a RequestHead,
         add: RequestAdditions<'a>,
         limit: Option<u64>,
+        response_headers: Option<&'a Arc<HeaderEdits>>,
     ) -> Self {
         let body_at = head.end as usize;
         let buffered = rbuf.end() - body_at;
@@ -468,6 +485,7 @@ impl<'a, S: ClientIo> H1Out<'a, S> {
             kept: true,
             waiting_client: false,
             idempotent,
+            response_headers,
         }
     }
 
@@ -641,6 +659,7 @@ async fn forward<S: ClientIo>(
     listener: &ListenerConfig,
     arm: &ForwardArm,
     request_id: Option<&[u8]>,
+    changes: &Changes<'_>,
     mut log: RequestLog,
     timer: &mut Timer<'_>,
 ) -> Next {
@@ -658,16 +677,19 @@ async fn forward<S: ClientIo>(
         request_id,
         host: local.as_deref().map(str::as_bytes),
         chunked: head.body == BodyLen::Chunked,
+        edits: changes.request_headers,
+        rewritten_host: changes.host.as_deref().map(str::as_bytes),
+        rewritten_path: changes.path.as_deref().map(str::as_bytes),
     };
     let mut attempts = client::Attempts::default();
-    let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body);
+    let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body, changes.response_headers);
     let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, head_at).await;
     log.with(|r| r.target = attempts.target);
     let answered = match sent {
         Ok(a) => a,
         Err(e) => {
             tracing::debug!(target: "pilotfish::proxy", listener = %ctx.listener, error = %e, "answered by the balancer");
-            let a = Answer::error(&e, head.grpc);
+            let a = Answer::error(&e, head.grpc).with_headers(changes.answer_headers());
             count_answer(&a, &arm.codes, Some(arm));
             let kept = out.kept;
             drop(out);
@@ -790,6 +812,7 @@ async fn relay<S: ClientIo>(
         keep_alive: head.version == Version::Http10 && !close,
         upgrade: false,
         head_chunked: data_head_request && resp.declared == BodyLen::Chunked && head.version == Version::Http11,
+        headers: out.response_headers.map(|h| &**h),
     };
     log.head_sent_at(head_at.into_std(), stats, resp.status, Some(took));
     let ended = relay_body(
@@ -864,7 +887,7 @@ async fn error_after_interim<S: ClientIo>(
     e: ProxyError,
     timer: &mut Timer<'_>,
 ) -> Next {
-    let a = Answer::error(&e, out.head.grpc);
+    let a = Answer::error(&e, out.head.grpc).with_headers(out.response_headers.cloned());
     count_answer(&a, &arm.codes, Some(arm));
     let kept = out.kept;
     let H1Out { io, rbuf, head, .. } = out;
@@ -922,7 +945,7 @@ async fn relay_body<S: ClientIo>(
     target: &mut Stream,
     tbuf: &mut Buf,
     resp: &parse::ResponseHead,
-    edits: &ResponseEdits,
+    edits: &ResponseEdits<'_>,
     mut dec: Decoder,
     client_idle: Duration,
     target_idle: Duration,
@@ -1188,7 +1211,7 @@ async fn tunnel<S: ClientIo>(
     arm.target_response.observe(took);
     arm.codes.inc(101);
     log.head_sent_at(head_at.into_std(), &ctx.accepted_with.stats, 101, Some(took));
-    let H1Out { io, rbuf, .. } = out;
+    let H1Out { io, rbuf, response_headers, .. } = out;
     // The 101 and whatever the target sent after it (already the new protocol).
     let edits = ResponseEdits {
         framing: OutFraming::AsIs,
@@ -1196,6 +1219,7 @@ async fn tunnel<S: ClientIo>(
         keep_alive: false,
         upgrade: true,
         head_chunked: false,
+        headers: response_headers.map(|h| &**h),
     };
     let mut s = Slices::default();
     let after = &tbuf.data()[resp.end as usize..tbuf.end()];
