@@ -6,6 +6,7 @@
 pub mod group;
 pub mod least_outstanding;
 pub mod round_robin;
+pub mod sticky;
 pub mod target;
 pub mod weighted_random;
 

@@ -257,12 +257,35 @@ pub struct Action {
     pub fixed_response: Option<Spanned<FixedResponse>>,
 }
 
-/// `forward = "group"` or `forward = [{ target_group, weight }, …]`.
+/// `forward = "group"`, `forward = [{ target_group, weight }, …]`, or the table form
+/// `forward = { target_groups = [...], stickiness = "1h" }`.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Forward {
     One(String),
     Weighted(Vec<WeightedGroup>),
+    Table(ForwardTable),
+}
+
+/// The table form of a weighted forward.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardTable {
+    pub target_groups: Vec<WeightedGroup>,
+    /// Keeps a client on the group it was first sent to (ALB's target group stickiness).
+    pub stickiness: Option<Dur>,
+}
+
+impl Forward {
+    /// The groups and weights (one group: weight 1).
+    pub fn arms(&self) -> Vec<(&str, u32)> {
+        match self {
+            Forward::One(g) => vec![(g.as_str(), 1)],
+            Forward::Weighted(arms) | Forward::Table(ForwardTable { target_groups: arms, .. }) => {
+                arms.iter().map(|a| (a.target_group.as_str(), a.weight)).collect()
+            }
+        }
+    }
 }
 
 /// One arm of a weighted forward.
@@ -407,6 +430,27 @@ pub struct TargetGroup {
     pub discovery: Option<Spanned<Discovery>>,
     pub autoscaling: Option<Spanned<Autoscaling>>,
     pub tls: Option<Spanned<UpstreamTls>>,
+    /// Sticky sessions: `{ type = "lb_cookie" | "app_cookie", duration, cookie_name }`.
+    pub stickiness: Option<Spanned<Stickiness>>,
+}
+
+/// `stickiness` of a target group (ALB's duration-based and application-based stickiness).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stickiness {
+    #[serde(rename = "type")]
+    pub kind: Spanned<StickinessType>,
+    pub duration: Option<Spanned<Dur>>,
+    /// `app_cookie`: the application's cookie.
+    pub cookie_name: Option<Spanned<String>>,
+}
+
+/// How a sticky session is kept.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StickinessType {
+    LbCookie,
+    AppCookie,
 }
 
 /// `port = "traffic-port"` or a number.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use rustc_hash::FxHashMap;
 
+use crate::balance::sticky::{GroupStickiness, Stickiness};
 use crate::balance::TargetGroup;
 use crate::routing::rewrite::{HeaderEdits, RequestRewrite};
 use crate::routing::Router;
@@ -170,6 +171,8 @@ impl Transport {
 pub struct Upstream {
     pub group: Arc<TargetGroup>,
     pub transport: Arc<Transport>,
+    /// The group's sticky sessions, if any.
+    pub sticky: Option<Arc<Stickiness>>,
 }
 
 /// One arm of a forward action.
@@ -177,6 +180,8 @@ pub struct Upstream {
 pub struct ForwardArm {
     pub group: Arc<TargetGroup>,
     pub transport: Arc<Transport>,
+    /// The group's sticky sessions, if any.
+    pub sticky: Option<Arc<Stickiness>>,
     pub weight: u32,
     /// Responses of this listener × group.
     pub codes: Arc<CodeCounters>,
@@ -189,9 +194,30 @@ pub struct ForwardArm {
 pub struct ForwardAction {
     pub arms: Vec<ForwardArm>,
     pub total_weight: u32,
+    /// Target group stickiness (a weighted forward's `stickiness`).
+    pub stickiness: Option<Arc<GroupStickiness>>,
 }
 
 impl ForwardAction {
+    /// Chooses the arm for one request: the group its target group stickiness cookie names
+    /// (among `cookies`, the request's `Cookie` values), else by weight. Returns the arm and,
+    /// when a stickiness cookie must be (re-)issued, its `Set-Cookie` value.
+    pub fn choose_sticky(&self, cookies: &[&[u8]], secure: bool) -> (&ForwardArm, Option<String>) {
+        let Some(st) = &self.stickiness else { return (self.choose(), None) };
+        let names: Vec<&str> = self.arms.iter().map(|a| &*a.group.name).collect();
+        if let Some(i) = st.group(cookies, &names) {
+            return (&self.arms[i], None);
+        }
+        let arm = self.choose();
+        (arm, Some(st.set_cookie(&arm.group.name, secure)))
+    }
+
+    /// Whether cookies decide anything here (target group or target stickiness).
+    #[inline]
+    pub fn reads_cookies(&self) -> bool {
+        self.stickiness.is_some() || self.arms.iter().any(|a| a.sticky.is_some())
+    }
+
     /// Chooses the arm for one request (by weight).
     #[inline]
     pub fn choose(&self) -> &ForwardArm {

@@ -35,7 +35,7 @@ pub async fn run(state: Arc<SharedState>) {
         tick.tick().await;
         let snap = state.load();
         let now = now_ms();
-        for Upstream { group: g, transport } in &snap.upstreams {
+        for Upstream { group: g, transport, .. } in &snap.upstreams {
             for addr in g.sweep_draining() {
                 tracing::info!(target_group = %g.name, target = %addr, "deregistered target drained and removed");
             }

@@ -156,9 +156,22 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                 answered(Answer::redirect(rd.to.status, &loc), &listener.stats, &rd.codes, None, &mut log)
             }
             Action::Forward(fw) => {
-                let arm = fw.choose();
+                let mut changes = Changes::of(routed, &host, raw_host, req.uri().path());
+                let arm = match &changes {
+                    Ok(_) if fw.reads_cookies() => {
+                        let secure = ctx.client.proto == "https";
+                        let cookies: Vec<&[u8]> =
+                            req.headers().get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+                        let (arm, group_cookie) = fw.choose_sticky(&cookies, secure);
+                        if let Ok(c) = &mut changes {
+                            c.stick(arm, &cookies, group_cookie, secure);
+                        }
+                        arm
+                    }
+                    _ => fw.choose(),
+                };
                 log.with(|r| r.target_group = Some(arm.group.name.clone()));
-                let r = match Changes::of(routed, &host, raw_host, req.uri().path()) {
+                let r = match changes {
                     Err(e) => Err(e),
                     Ok(changes) => {
                         let mut req = req;
@@ -167,10 +180,10 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                         // Boxed: the forwarding state is most of a request's, and only forwards need it.
                         match arm.transport.protocol {
                             UpstreamProtocol::Http2 => {
-                                Box::pin(to_h2_target(&ctx, &listener, arm, req, to_host, &mut log)).await
+                                Box::pin(to_h2_target(&ctx, &listener, arm, req, to_host, &changes, &mut log)).await
                             }
                             UpstreamProtocol::Http1 => {
-                                Box::pin(to_h1_target(&ctx, &listener, arm, req, to_host, &mut log)).await
+                                Box::pin(to_h1_target(&ctx, &listener, arm, req, to_host, &changes, &mut log)).await
                             }
                         }
                     }
@@ -228,6 +241,7 @@ async fn to_h2_target(
     arm: &ForwardArm,
     req: Request<Incoming>,
     host: &str,
+    changes: &Changes<'_>,
     log: &mut RequestLog,
 ) -> Result<Response<RespBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -237,7 +251,7 @@ async fn to_h2_target(
         (arm.transport.retries > 0 && body.is_end_stream() && client::is_idempotent(parts.method.as_str().as_bytes()))
             .then(|| Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
     let body: H2Body = Limited::new(body, limit).map_err(BoxError::from).boxed_unsync();
-    send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, log).await
+    send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, changes, log).await
 }
 
 /// Sends `req` to an HTTP/2 target of `arm`'s group: retried on another target when connecting
@@ -247,6 +261,7 @@ async fn send_h2(
     stats: &ListenerStats,
     req: Request<H2Body>,
     replay: Option<Replay>,
+    changes: &Changes<'_>,
     log: &mut RequestLog,
 ) -> Result<Response<RespBody>, ProxyError> {
     let group = &arm.group;
@@ -255,8 +270,10 @@ async fn send_h2(
     let mut pending = Some(req);
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let mut last_err = None;
+    let mut preferred = changes.preferred();
     while tried.len() as u32 <= settings.retries {
-        let Some(target) = group.pick(&set, &tried) else { break };
+        let first = preferred.take().filter(|t| tried.is_empty() && t.is_routable());
+        let Some(target) = first.or_else(|| group.pick(&set, &tried)) else { break };
         log.with(|r| r.target = Some(target.addr));
         let guard = target.start_request();
         let mut tx = match upstream::h2_sender(target.id, target.addr, settings).await {
@@ -293,6 +310,7 @@ async fn send_h2(
                 log.head_sent(stats, resp.status().as_u16(), Some(took));
                 let (mut parts, body) = resp.into_parts();
                 forward::strip_hop_by_hop(&mut parts.headers);
+                changes.add_cookies(&target, &mut parts.headers);
                 return Ok(Response::from_parts(parts, RespBody::h2(body, guard)));
             }
             Ok(Err(source)) => {
@@ -468,6 +486,7 @@ async fn to_h1_target(
     arm: &ForwardArm,
     req: Request<Incoming>,
     host: &str,
+    changes: &Changes<'_>,
     log: &mut RequestLog,
 ) -> Result<Response<RespBody>, ProxyError> {
     let (parts, body) = req.into_parts();
@@ -499,7 +518,7 @@ async fn to_h1_target(
         response_timeout: settings.response_timeout,
         client_idle: ctx.server.idle_timeout,
     };
-    let mut attempts = client::Attempts::default();
+    let mut attempts = client::Attempts { preferred: changes.preferred(), ..Default::default() };
     // An HTTP/2 stream has no connection timer of its own: one for this request.
     let sleep = std::pin::pin!(tokio::time::sleep(settings.response_timeout));
     let mut timer = Timer::new(sleep);
@@ -559,6 +578,7 @@ async fn to_h1_target(
             _ => return Err(ProxyError::BadResponse { addr: target.addr, reason: "invalid_header_for_http2" }),
         }
     }
+    changes.add_cookies(&target, map);
     let body_len = head.body_len(head_request);
     let reusable = sending != Sending::Aborted && !head.close && body_len != BodyLen::Close;
     // A target that answered before it had the whole body gets the rest while it responds.
@@ -711,7 +731,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     let mut tx = tx;
     let mut sent_body = 0u64;
     let limit = listener.max_request_body;
-    let send = send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, &mut log);
+    let send = send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, changes, &mut log);
     let result = async {
         tokio::pin!(send);
         loop {

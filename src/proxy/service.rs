@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use super::answer::Answer;
 use super::error::ProxyError;
 use super::forward::ClientInfo;
+use crate::balance::sticky::{Session, Stickiness, StickyKind};
+use crate::balance::Target;
 use crate::config::snapshot::AccessLogFormat;
 use crate::config::snapshot::{ForwardArm, ListenerConfig, Redirect, Routed, ServerSettings, Snapshot};
 use crate::routing::rewrite::HeaderEdits;
@@ -325,6 +327,13 @@ pub struct Changes<'a> {
     pub path: Option<String>,
     pub request_headers: Option<&'a HeaderEdits>,
     pub response_headers: Option<&'a Arc<HeaderEdits>>,
+    /// The chosen group's sticky sessions, and the session the request's cookies name.
+    sticky: Option<&'a Stickiness>,
+    session: Session,
+    /// A target group stickiness cookie to issue (`Set-Cookie` value).
+    group_cookie: Option<String>,
+    /// Cookies get `Secure` (an https listener).
+    secure: bool,
 }
 
 impl<'a> Changes<'a> {
@@ -384,6 +393,56 @@ impl<'a> Changes<'a> {
             e.apply(req.headers_mut());
         }
         self.host.clone()
+    }
+
+    /// Notes the stickiness of the chosen `arm`: the session the request's `cookies` name, and
+    /// the target group cookie to issue, if any.
+    pub fn stick(&mut self, arm: &'a ForwardArm, cookies: &[&[u8]], group_cookie: Option<String>, secure: bool) {
+        self.secure = secure;
+        self.group_cookie = group_cookie;
+        if let Some(st) = &arm.sticky {
+            self.session = st.session(cookies, &arm.group.targets());
+            self.sticky = Some(st);
+        }
+    }
+
+    /// The target the request's session is on (healthy and in the group), for the first pick.
+    pub fn preferred(&self) -> Option<Arc<Target>> {
+        self.session.target.clone()
+    }
+
+    /// Whether the response's `Set-Cookie` fields matter (application-based stickiness).
+    pub fn follows_app_cookie(&self) -> bool {
+        self.sticky.is_some_and(|s| matches!(s.kind, StickyKind::AppCookie(_)))
+    }
+
+    /// Whether a response `Set-Cookie` value sets the application's cookie.
+    pub fn sets_app_cookie(&self, set_cookie: &[u8]) -> bool {
+        self.sticky.is_some_and(|s| s.sets_app_cookie(set_cookie))
+    }
+
+    /// The `Set-Cookie` values for a response from `served`; `app_set`: it sets the
+    /// application's cookie.
+    pub fn set_cookies(&self, served: &Target, app_set: bool) -> Vec<String> {
+        let mut out: Vec<String> = self.group_cookie.iter().cloned().collect();
+        if let Some(st) = self.sticky {
+            out.extend(st.set_cookies(&self.session, served, self.secure, app_set));
+        }
+        out
+    }
+
+    /// [`Changes::set_cookies`] added to a response's header map.
+    pub fn add_cookies(&self, served: &Target, headers: &mut http::HeaderMap) {
+        if self.sticky.is_none() && self.group_cookie.is_none() {
+            return;
+        }
+        let app_set = self.follows_app_cookie()
+            && headers.get_all(http::header::SET_COOKIE).iter().any(|v| self.sets_app_cookie(v.as_bytes()));
+        for c in self.set_cookies(served, app_set) {
+            if let Ok(v) = http::HeaderValue::from_str(&c) {
+                headers.append(http::header::SET_COOKIE, v);
+            }
+        }
     }
 
     /// The response edits, for an answer of the balancer's own.

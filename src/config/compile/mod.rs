@@ -36,6 +36,7 @@ use super::file::{self, FileConfig, Forward};
 use super::material::Material;
 use super::snapshot::*;
 use super::{Diagnostics, Severity, SourceMap};
+use crate::balance::sticky::{CookieSealer, GroupStickiness, Stickiness};
 use crate::balance::TargetGroup;
 use crate::routing::rewrite::HeaderEdits;
 use crate::routing::{Router, Rule};
@@ -297,10 +298,7 @@ fn forward_arms(
     forward: Option<&Spanned<Forward>>,
 ) -> Option<Vec<(usize, u32)>> {
     let Some(f) = forward else { return Some(Vec::new()) };
-    let named: Vec<(&str, u32)> = match f.get_ref() {
-        Forward::One(g) => vec![(g.as_str(), 1)],
-        Forward::Weighted(list) => list.iter().map(|a| (a.target_group.as_str(), a.weight)).collect(),
-    };
+    let named: Vec<(&str, u32)> = f.get_ref().arms();
     let mut arms = Vec::with_capacity(named.len());
     let mut complete = true;
     for (g, weight) in named {
@@ -323,10 +321,7 @@ fn unused_groups(cx: &mut Ctx<'_>, cfg: &FileConfig) {
         .iter()
         .filter_map(|r| r.get_ref().forward.as_ref())
         .chain(cfg.listeners.iter().filter_map(|l| l.get_ref().default_action.as_ref()?.get_ref().forward.as_ref()))
-        .flat_map(|f| match f.get_ref() {
-            Forward::One(g) => vec![g.as_str()],
-            Forward::Weighted(arms) => arms.iter().map(|a| a.target_group.as_str()).collect(),
-        })
+        .flat_map(|f| f.get_ref().arms().into_iter().map(|(g, _)| g))
         .collect();
     for tg in &cfg.target_groups {
         let tg = tg.get_ref();
@@ -384,6 +379,7 @@ fn build(
         server.admin_bind = prev.server.admin_bind;
     }
 
+    let sealer = CookieSealer::new(server.cookie_key.as_ref().map(|k| &k.0));
     let mut discovery = Vec::new();
     let mut autoscaling = Vec::new();
     let mut upstreams: Vec<Upstream> = plan
@@ -401,8 +397,10 @@ fn build(
             if let Some(a) = g.autoscaling {
                 autoscaling.push((g.name.clone(), a));
             }
+            let sticky =
+                g.stickiness.map(|(kind, duration)| Arc::new(Stickiness::new(&g.name, kind, duration, sealer.clone())));
             let group = Arc::new(TargetGroup::new(g.name, g.settings, &specs, prev.map(|g| &**g)));
-            Upstream { group, transport: Arc::new(g.transport) }
+            Upstream { group, transport: Arc::new(g.transport), sticky }
         })
         .collect();
 
@@ -427,14 +425,14 @@ fn build(
                     priority: r.def.priority,
                     conditions: r.def.conditions.clone(),
                     action: Routed {
-                        action: action(metrics, &l.name, &upstreams, &r.def.action, &r.arms),
+                        action: action(metrics, &l.name, &upstreams, &r.def.action, &r.arms, &sealer),
                         request: r.def.request.clone().map(Arc::new),
                         response: response(r.def.response.as_ref()),
                     },
                 })
                 .collect();
             let default = match &l.default_action {
-                Some(a) => action(metrics, &l.name, &upstreams, a, &lp.arms),
+                Some(a) => action(metrics, &l.name, &upstreams, a, &lp.arms, &sealer),
                 None => Action::Fixed(FixedAction {
                     response: FixedResponse {
                         status: StatusCode::NOT_FOUND,
@@ -489,15 +487,17 @@ fn action(
     upstreams: &[Upstream],
     def: &ActionDef,
     arms: &[(usize, u32)],
+    sealer: &CookieSealer,
 ) -> Action {
     let none: Arc<str> = "".into();
     match def {
-        ActionDef::Forward => {
+        ActionDef::Forward { stickiness } => {
             let arms: Vec<ForwardArm> = arms
                 .iter()
                 .map(|&(i, weight)| {
-                    let Upstream { group, transport } = upstreams[i].clone();
+                    let Upstream { group, transport, sticky } = upstreams[i].clone();
                     ForwardArm {
+                        sticky,
                         codes: metrics.requests(listener, &group.name),
                         target_response: metrics.target_response(&group.name),
                         group_stats: metrics.group(&group.name),
@@ -508,7 +508,11 @@ fn action(
                 })
                 .collect();
             let total_weight = arms.iter().map(|a| a.weight).sum();
-            Action::Forward(ForwardAction { arms, total_weight })
+            let stickiness = stickiness.filter(|_| arms.len() > 1).map(|d| {
+                let names: Vec<&str> = arms.iter().map(|a| &*a.group.name).collect();
+                Arc::new(GroupStickiness::new(&names, d, sealer.clone()))
+            });
+            Action::Forward(ForwardAction { arms, total_weight, stickiness })
         }
         ActionDef::Redirect(r) => {
             Action::Redirect(RedirectAction { to: r.clone(), codes: metrics.requests(listener, &none) })
@@ -603,6 +607,44 @@ targets = ["127.0.0.1"]
             "t.toml:14:8: rule \"b\" needs exactly one action",
             "t.toml:16:12: priority 5 on listener \"web\" is already used",
             "t.toml:22:12: bad target address",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn stickiness_is_checked_at_its_keys() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_action = { forward = { target_groups = [{ target_group = "a", weight = 1 }, { target_group = "b", weight = 1 }], stickiness = "8d" } }
+
+[[target_groups]]
+name = "a"
+targets = ["127.0.0.1:9000"]
+stickiness = { type = "app_cookie", duration = "0s" }
+
+[[target_groups]]
+name = "b"
+targets = ["127.0.0.1:9001"]
+stickiness = { type = "lb_cookie", cookie_name = "X" }
+
+[[target_groups]]
+name = "c"
+targets = ["127.0.0.1:9002"]
+stickiness = { type = "app_cookie", cookie_name = "AWSALB" }
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:5:30: default_action: forward stickiness must be 1s..=7d",
+            "t.toml:10:48: target group \"a\": stickiness duration must be 1s..=7d",
+            "t.toml:10:23: target group \"a\": app_cookie needs cookie_name",
+            "t.toml:15:50: target group \"b\": cookie_name is for type = \"app_cookie\"",
+            "t.toml:18:8: warning: target group \"c\" is not used",
+            "t.toml:20:51: target group \"c\": cookie_name \"AWSALB\" is reserved",
         ];
         for w in want {
             assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");

@@ -22,6 +22,9 @@ use crate::routing::{Conditions, Pattern};
 /// ALB's limits, which pilotfish follows so configs move between the two.
 const MAX_PRIORITY: u32 = 50_000;
 const MAX_FIXED_BODY: usize = 64 * 1024;
+/// ALB's range for stickiness durations (both kinds).
+pub(super) const STICKINESS_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const STICKINESS_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
 /// A checked rule, its listeners and forward targets not yet resolved.
 pub(super) struct RuleDef {
@@ -37,7 +40,10 @@ pub(super) struct RuleDef {
 
 /// A checked action. A forward's target groups are references, resolved from its `forward` key.
 pub(super) enum ActionDef {
-    Forward,
+    /// `stickiness`: target group stickiness of a weighted forward.
+    Forward {
+        stickiness: Option<std::time::Duration>,
+    },
     Redirect(Redirect),
     Fixed(FixedResponse),
 }
@@ -202,7 +208,12 @@ pub(super) fn action(
     }
     let mut def = None;
     if let Some(f) = forward {
-        if let Forward::Weighted(arms) = f.get_ref() {
+        let (arms, stickiness) = match f.get_ref() {
+            Forward::One(_) => (None, None),
+            Forward::Weighted(arms) => (Some(arms), None),
+            Forward::Table(t) => (Some(&t.target_groups), t.stickiness.as_ref()),
+        };
+        if let Some(arms) = arms {
             if arms.is_empty() {
                 cx.err(f.span(), format!("{owner}: weighted forward lists no target group"));
             }
@@ -222,7 +233,11 @@ pub(super) fn action(
                 cx.err(f.span(), format!("{owner}: forward weights are all zero"));
             }
         }
-        def = Some(ActionDef::Forward);
+        let stickiness = stickiness.map(|d| d.0);
+        if stickiness.is_some_and(|d| !(STICKINESS_MIN..=STICKINESS_MAX).contains(&d)) {
+            cx.err(f.span(), format!("{owner}: forward stickiness must be 1s..=7d"));
+        }
+        def = Some(ActionDef::Forward { stickiness });
     }
     if let Some(r) = redirect {
         let rd = r.get_ref();

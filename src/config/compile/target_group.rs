@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::file::Spanned;
 
 use super::{check_name, optional, Ctx, MAX_WEIGHT};
+use crate::balance::sticky::StickyKind;
 use crate::balance::{Algorithm, GroupSettings, HealthCheck, TargetSpec};
 use crate::config::file::{self, TargetEntry};
 use crate::config::snapshot::{
@@ -29,6 +30,8 @@ pub(super) struct GroupDef {
     pub transport: Transport,
     pub targets: Targets,
     pub autoscaling: Option<AutoscalingSpec>,
+    /// `stickiness`: how and for how long (the cookie is made with the snapshot's key).
+    pub stickiness: Option<(StickyKind, Duration)>,
 }
 
 /// Where a group's targets come from.
@@ -93,6 +96,7 @@ fn compile(cx: &mut Ctx<'_>, tg: &Spanned<file::TargetGroup>, has_cloudwatch: bo
         }
         settings.deregistration_delay = v.get_ref().0;
     }
+    let stickiness = tg.stickiness.as_ref().and_then(|st| stickiness(cx, name, st));
     let health = tg.health_check.as_ref().map(|hc| health_check(cx, hc.get_ref()));
     let discovery = tg.discovery.as_ref().map(|d| discovery(cx, name, d, !tg.targets.is_empty()));
     let autoscaling = tg.autoscaling.as_ref().map(|a| autoscaling(cx, name, a, has_cloudwatch));
@@ -105,9 +109,52 @@ fn compile(cx: &mut Ctx<'_>, tg: &Spanned<file::TargetGroup>, has_cloudwatch: bo
         Some(d) => Targets::Discovered(d?),
         None => Targets::Static(specs?),
     };
-    let def =
-        GroupDef { name: name.as_str().into(), settings, transport, targets, autoscaling: optional(autoscaling)? };
+    let def = GroupDef {
+        name: name.as_str().into(),
+        settings,
+        transport,
+        targets,
+        autoscaling: optional(autoscaling)?,
+        stickiness,
+    };
     cx.clean_since(mark).then_some(def)
+}
+
+/// `stickiness = { type, duration, cookie_name }`: ALB's defaults (1 day) and limits (1s..=7d).
+fn stickiness(cx: &mut Ctx<'_>, group: &str, st: &Spanned<file::Stickiness>) -> Option<(StickyKind, Duration)> {
+    let s = st.get_ref();
+    let duration = s.duration.as_ref().map_or(Duration::from_secs(86_400), |d| d.get_ref().0);
+    if !(super::rule::STICKINESS_MIN..=super::rule::STICKINESS_MAX).contains(&duration) {
+        let at = s.duration.as_ref().map_or(st.span(), Spanned::span);
+        cx.err(at, format!("target group {group:?}: stickiness duration must be 1s..=7d"));
+    }
+    let kind = match (s.kind.get_ref(), &s.cookie_name) {
+        (file::StickinessType::LbCookie, None) => StickyKind::LbCookie,
+        (file::StickinessType::LbCookie, Some(c)) => {
+            cx.err(c.span(), format!("target group {group:?}: cookie_name is for type = \"app_cookie\""));
+            return None;
+        }
+        (file::StickinessType::AppCookie, None) => {
+            cx.err(s.kind.span(), format!("target group {group:?}: app_cookie needs cookie_name"));
+            return None;
+        }
+        (file::StickinessType::AppCookie, Some(c)) => {
+            let n = c.get_ref();
+            let token = !n.is_empty()
+                && n.len() <= 128
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                cx.err(c.span(), format!("target group {group:?}: cookie_name {n:?} is not a cookie name"));
+            } else if n.starts_with("PILOTFISH") || n.starts_with("AWSALB") {
+                cx.err(
+                    c.span(),
+                    format!("target group {group:?}: cookie_name {n:?} is reserved for the balancer's own cookies"),
+                );
+            }
+            StickyKind::AppCookie(n.as_str().into())
+        }
+    };
+    Some((kind, duration))
 }
 
 /// The static targets (None when one is wrong).

@@ -214,6 +214,8 @@ pub struct Answered {
 pub struct Attempts {
     pub target: Option<std::net::SocketAddr>,
     pub count: u32,
+    /// The target to try first (a sticky session's), when it takes traffic.
+    pub preferred: Option<Arc<Target>>,
 }
 
 /// Pooled connections found closed by the time a request was written: not the target's
@@ -246,7 +248,8 @@ pub async fn send<O: Outbound>(
                 if failures > settings.retries {
                     break;
                 }
-                let Some(t) = group.pick(&set, &tried) else { break };
+                let first = attempts.preferred.take().filter(|t| tried.is_empty() && t.is_routable());
+                let Some(t) = first.or_else(|| group.pick(&set, &tried)) else { break };
                 (t, false)
             }
         };

@@ -262,6 +262,8 @@ pub struct ResponseEdits<'e> {
     pub head_chunked: bool,
     /// The listener's and the rule's `response_headers` (and `server_header = false`).
     pub headers: Option<&'e HeaderEdits>,
+    /// Whole field lines added (sticky sessions' `set-cookie`).
+    pub extra: &'e [u8],
 }
 
 /// The head of a target's response as it goes to an HTTP/1.1 client.
@@ -270,6 +272,7 @@ pub fn response_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &Respons
     out.put(head.status_line.of(data));
     out.put(b"\r\n");
     put_edited(out, data, head.fields.all(), head.bare_lf, edits.headers, false);
+    out.put(edits.extra);
     if edits.framing == OutFraming::Chunked || edits.head_chunked {
         out.put(b"transfer-encoding: chunked\r\n");
     }
@@ -390,6 +393,7 @@ mod tests {
             upgrade: false,
             head_chunked: false,
             headers: None,
+            extra: &[],
         };
         let mut v = Vec::new();
         response_head(&mut v, b, &head, &edits);
@@ -444,6 +448,7 @@ mod tests {
             upgrade: false,
             head_chunked: false,
             headers: Some(&set),
+            extra: &[],
         };
         let mut v = Vec::new();
         response_head(&mut v, b, &head, &edits);

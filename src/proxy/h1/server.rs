@@ -21,7 +21,6 @@ use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::ops::Range;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,14 +33,13 @@ use super::buf::{self, poll_read_pooled, Buf};
 use super::client::{self, Answered, Outbound, SendError, Sending};
 use super::encode::{self, OutFraming, RequestAdditions, ResponseEdits, Slices};
 use super::io::{self as hio, ClientIo, Timer};
-use super::parse::{self, BodyLen, Field, Limits, RequestHead, Version};
+use super::parse::{self, BodyLen, Field, Limits, RequestHead, ResponseHead, Version};
 use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::proxy::answer::Answer;
 use crate::proxy::error::ProxyError;
 use crate::proxy::service::{count_answer, redirect_location, Changes, ConnCtx, Current, LogFields, RequestLog};
 use crate::proxy::upstream::{self, Stream};
-use crate::routing::rewrite::HeaderEdits;
 use crate::routing::{normalize_host, HeaderLookup, RequestView};
 use crate::telemetry::metrics::ListenerStats;
 
@@ -257,26 +255,38 @@ async fn exchange<S: ClientIo>(
             respond(io, &mut rbuf, &head, ctx, a, log, timer).await
         }
         Action::Forward(fw) => {
-            let arm = fw.choose();
-            log.with(|r| r.target_group = Some(arm.group.name.clone()));
             let id = new_id.as_ref().map(|id| &id[..]);
             match Changes::of(routed, &host, authority, path) {
                 Err(e) => {
+                    let arm = fw.choose();
+                    log.with(|r| r.target_group = Some(arm.group.name.clone()));
                     let a = Answer::error(&e, head.grpc).with_headers(edits());
                     count_answer(&a, &arm.codes, Some(arm));
                     respond(io, &mut rbuf, &head, ctx, a, log, timer).await
                 }
-                Ok(changes) => match arm.transport.protocol {
-                    UpstreamProtocol::Http1 => {
-                        forward(io, &mut rbuf, &head, head_at, ctx, listener, arm, id, &changes, log, timer).await
+                Ok(mut changes) => {
+                    let arm = if fw.reads_cookies() {
+                        let secure = ctx.client.proto == "https";
+                        let cookies = cookie_values(data, head.fields.all());
+                        let (arm, group_cookie) = fw.choose_sticky(&cookies, secure);
+                        changes.stick(arm, &cookies, group_cookie, secure);
+                        arm
+                    } else {
+                        fw.choose()
+                    };
+                    log.with(|r| r.target_group = Some(arm.group.name.clone()));
+                    match arm.transport.protocol {
+                        UpstreamProtocol::Http1 => {
+                            forward(io, &mut rbuf, &head, head_at, ctx, listener, arm, id, &changes, log, timer).await
+                        }
+                        UpstreamProtocol::Http2 => {
+                            let to = crate::proxy::h2::forward_from_h1(
+                                io, &mut rbuf, &head, ctx, listener, arm, id, &changes, log, timer,
+                            );
+                            to.await
+                        }
                     }
-                    UpstreamProtocol::Http2 => {
-                        let to = crate::proxy::h2::forward_from_h1(
-                            io, &mut rbuf, &head, ctx, listener, arm, id, &changes, log, timer,
-                        );
-                        to.await
-                    }
-                },
+                }
             }
         }
     };
@@ -287,6 +297,37 @@ async fn exchange<S: ClientIo>(
         }
         n => n,
     }
+}
+
+/// The values of a request's `Cookie` fields.
+fn cookie_values<'d>(data: &'d [u8], fields: &[Field]) -> Vec<&'d [u8]> {
+    fields
+        .iter()
+        .filter(|f| f.kind == parse::Kind::Other && f.name.of(data).eq_ignore_ascii_case(b"cookie"))
+        .map(|f| f.value.of(data))
+        .collect()
+}
+
+/// The `set-cookie` field lines sticky sessions add to a response from `served` (empty when
+/// nothing is sticky).
+fn set_cookie_lines(
+    changes: &Changes<'_>,
+    served: &crate::balance::Target,
+    data: &[u8],
+    resp: &ResponseHead,
+) -> Vec<u8> {
+    let app_set =
+        changes.follows_app_cookie()
+            && resp.fields.all().iter().any(|f| {
+                f.name.of(data).eq_ignore_ascii_case(b"set-cookie") && changes.sets_app_cookie(f.value.of(data))
+            });
+    let mut out = Vec::new();
+    for c in changes.set_cookies(served, app_set) {
+        out.extend_from_slice(b"set-cookie: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
 }
 
 /// Answers a head that could not be read or was refused, and closes.
@@ -442,8 +483,8 @@ struct H1Out<'a, S> {
     kept: bool,
     waiting_client: bool,
     idempotent: bool,
-    /// The listener's and the rule's response header edits.
-    response_headers: Option<&'a Arc<HeaderEdits>>,
+    /// What the rule changes (response header edits, sticky cookies).
+    changes: &'a Changes<'a>,
 }
 
 impl<'a, S: ClientIo> H1Out<'a, S> {
@@ -453,7 +494,7 @@ impl<'a, S: ClientIo> H1Out<'a, S> {
         head: &'a RequestHead,
         add: RequestAdditions<'a>,
         limit: Option<u64>,
-        response_headers: Option<&'a Arc<HeaderEdits>>,
+        changes: &'a Changes<'a>,
     ) -> Self {
         let body_at = head.end as usize;
         let buffered = rbuf.end() - body_at;
@@ -485,7 +526,7 @@ impl<'a, S: ClientIo> H1Out<'a, S> {
             kept: true,
             waiting_client: false,
             idempotent,
-            response_headers,
+            changes,
         }
     }
 
@@ -681,8 +722,8 @@ async fn forward<S: ClientIo>(
         rewritten_host: changes.host.as_deref().map(str::as_bytes),
         rewritten_path: changes.path.as_deref().map(str::as_bytes),
     };
-    let mut attempts = client::Attempts::default();
-    let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body, changes.response_headers);
+    let mut attempts = client::Attempts { preferred: changes.preferred(), ..Default::default() };
+    let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body, changes);
     let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, head_at).await;
     log.with(|r| r.target = attempts.target);
     let answered = match sent {
@@ -806,13 +847,15 @@ async fn relay<S: ClientIo>(
     let framing = encode::out_framing(body_len, head.version);
     let request_done = sending == Sending::Done;
     let close = head.close || framing == OutFraming::Close || !request_done || ctx.closing();
+    let cookies = set_cookie_lines(out.changes, &target, tbuf.data(), &resp);
     let edits = ResponseEdits {
         framing,
         close,
         keep_alive: head.version == Version::Http10 && !close,
         upgrade: false,
         head_chunked: data_head_request && resp.declared == BodyLen::Chunked && head.version == Version::Http11,
-        headers: out.response_headers.map(|h| &**h),
+        headers: out.changes.response_headers.map(|h| &**h),
+        extra: &cookies,
     };
     log.head_sent_at(head_at.into_std(), stats, resp.status, Some(took));
     let ended = relay_body(
@@ -887,7 +930,7 @@ async fn error_after_interim<S: ClientIo>(
     e: ProxyError,
     timer: &mut Timer<'_>,
 ) -> Next {
-    let a = Answer::error(&e, out.head.grpc).with_headers(out.response_headers.cloned());
+    let a = Answer::error(&e, out.head.grpc).with_headers(out.changes.answer_headers());
     count_answer(&a, &arm.codes, Some(arm));
     let kept = out.kept;
     let H1Out { io, rbuf, head, .. } = out;
@@ -1211,7 +1254,7 @@ async fn tunnel<S: ClientIo>(
     arm.target_response.observe(took);
     arm.codes.inc(101);
     log.head_sent_at(head_at.into_std(), &ctx.accepted_with.stats, 101, Some(took));
-    let H1Out { io, rbuf, response_headers, .. } = out;
+    let H1Out { io, rbuf, changes, .. } = out;
     // The 101 and whatever the target sent after it (already the new protocol).
     let edits = ResponseEdits {
         framing: OutFraming::AsIs,
@@ -1219,7 +1262,8 @@ async fn tunnel<S: ClientIo>(
         keep_alive: false,
         upgrade: true,
         head_chunked: false,
-        headers: response_headers.map(|h| &**h),
+        headers: changes.response_headers.map(|h| &**h),
+        extra: &[],
     };
     let mut s = Slices::default();
     let after = &tbuf.data()[resp.end as usize..tbuf.end()];
