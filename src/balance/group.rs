@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 
 use crate::shard::Sharded;
 
-use super::target::{now_ms, Reason};
+use super::queue::Queue;
+use super::target::{now_ms, InFlightGuard, Reason};
 use super::{pick, Algorithm, Target, TargetState};
 
 /// What a target group needs to know about one target it should contain.
@@ -123,6 +124,10 @@ pub struct GroupSettings {
     pub slow_start: Duration,
     /// How long removed targets may drain before they are dropped (ALB default 300 s).
     pub deregistration_delay: Duration,
+    /// In-flight requests each target takes at most; 0 = no cap.
+    pub max_requests_per_target: u32,
+    /// Where requests wait when every available target is at the cap: `(size, timeout)`.
+    pub queue: Option<(usize, Duration)>,
 }
 
 impl GroupSettings {
@@ -133,6 +138,8 @@ impl GroupSettings {
             health_check: None,
             slow_start: Duration::ZERO,
             deregistration_delay: Duration::from_secs(300),
+            max_requests_per_target: 0,
+            queue: None,
         }
     }
 
@@ -158,6 +165,18 @@ pub struct TargetGroup {
     /// Cursor for second picks (slow-start re-picks, fail-open), so they do not shift the
     /// round-robin order of first picks.
     alt_cursor: AtomicUsize,
+    /// Requests waiting for a target under the cap (`queue` set), kept across reloads that
+    /// leave its size and timeout as they were.
+    pub queue: Option<Arc<Queue>>,
+}
+
+/// Why no target could be claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// No target takes traffic (none healthy, none to fail open to).
+    NoTarget,
+    /// Every available target is at `max_requests_per_target`.
+    AtCap,
 }
 
 impl TargetGroup {
@@ -169,12 +188,17 @@ impl TargetGroup {
         specs: &[TargetSpec],
         prev: Option<&TargetGroup>,
     ) -> TargetGroup {
+        let queue = settings.queue.map(|(size, timeout)| match prev.and_then(|p| p.queue.as_ref()) {
+            Some(q) if q.size == size && q.timeout == timeout => q.clone(),
+            _ => Queue::new(size, timeout),
+        });
         let g = TargetGroup {
             name,
             settings,
             set: ArcSwap::from_pointee(TargetSet::default()),
             cursor: Sharded::new_with(AtomicUsize::new),
             alt_cursor: AtomicUsize::new(0),
+            queue,
         };
         if let Some(p) = prev {
             g.set.store(p.set.load_full());
@@ -228,6 +252,9 @@ impl TargetGroup {
             }
         }
         self.set.store(Arc::new(TargetSet::from_targets(next)));
+        if let Some(q) = &self.queue {
+            q.targets_changed();
+        }
         true
     }
 
@@ -263,7 +290,61 @@ impl TargetGroup {
     /// never get new requests.
     #[inline]
     pub fn pick(&self, set: &TargetSet, tried: &[Arc<Target>]) -> Option<Arc<Target>> {
-        let not_skipped = |t: &Target| !tried.iter().any(|s| std::ptr::eq(&**s, t));
+        let capped = self.settings.max_requests_per_target > 0;
+        let now = if capped && !self.settings.slow_start.is_zero() { now_ms() } else { 0 };
+        self.pick_under(set, tried, capped, now)
+    }
+
+    /// Picks and claims a slot on a target for a new request: `preferred` (a sticky session's
+    /// target) when it takes traffic and has room, else a pick among the targets under
+    /// `max_requests_per_target`, skipping `tried`.
+    pub fn claim(
+        &self,
+        set: &TargetSet,
+        tried: &[Arc<Target>],
+        preferred: Option<&Arc<Target>>,
+    ) -> Result<(Arc<Target>, InFlightGuard), Busy> {
+        let capped = self.settings.max_requests_per_target > 0;
+        let queue = self.queue.as_ref();
+        let now = if capped && !self.settings.slow_start.is_zero() { now_ms() } else { 0 };
+        if let Some(t) = preferred.filter(|t| tried.is_empty() && t.is_routable()) {
+            if let Some(g) = t.try_start_request(self.cap_of(t, now), queue) {
+                return Ok((t.clone(), g));
+            }
+        }
+        // A pick can race another worker's for the last slot of a target: a few more picks.
+        for _ in 0..4 {
+            let Some(t) = self.pick_under(set, tried, capped, now) else { break };
+            if let Some(g) = t.try_start_request(self.cap_of(&t, now), queue) {
+                return Ok((t, g));
+            }
+        }
+        match capped && self.pick_under(set, tried, false, now).is_some() {
+            true => Err(Busy::AtCap),
+            false => Err(Busy::NoTarget),
+        }
+    }
+
+    /// The in-flight cap of `t` now (0: none): `max_requests_per_target`, scaled like its share
+    /// while the target is in slow start (at least 1), so a fresh target is not flooded when
+    /// the others are full (HAProxy scales `maxconn` with `slowstart` the same way).
+    #[inline]
+    fn cap_of(&self, t: &Target, now: u64) -> u32 {
+        let cap = self.settings.max_requests_per_target;
+        if cap == 0 || self.settings.slow_start.is_zero() {
+            return cap;
+        }
+        match t.slow_start_factor(self.settings.slow_start, now) {
+            Some(f) => ((f64::from(cap) * f).ceil() as u32).clamp(1, cap),
+            None => cap,
+        }
+    }
+
+    /// [`TargetGroup::pick`], among the targets under their cap when `capped`.
+    fn pick_under(&self, set: &TargetSet, tried: &[Arc<Target>], capped: bool, now: u64) -> Option<Arc<Target>> {
+        let not_skipped = |t: &Target| {
+            !tried.iter().any(|s| std::ptr::eq(&**s, t)) && (!capped || t.in_flight() < self.cap_of(t, now))
+        };
         let alg = self.settings.algorithm;
         let healthy = |t: &Target| t.is_routable() && not_skipped(t);
         if let Some(t) = pick(alg, set, self.cursor.local(), &healthy) {
@@ -279,6 +360,11 @@ impl TargetGroup {
                 }
             }
             return Some(t.clone());
+        }
+        // Fail open only when no target takes traffic, not when those that do are at their cap.
+        let untried = |t: &Target| !tried.iter().any(|s| std::ptr::eq(&**s, t));
+        if capped && set.targets().iter().any(|t| t.is_routable() && untried(t)) {
+            return None;
         }
         pick(alg, set, &self.alt_cursor, &|t| t.state() == TargetState::Unhealthy && not_skipped(t)).cloned()
     }
@@ -331,6 +417,43 @@ pub(crate) mod tests {
         let fresh = (0..4000).filter(|_| g.pick(&set2, &[]).unwrap().addr == set.targets()[1].addr).count();
         // share = 0.5 × 0.1 = 5% of 4000 = 200.
         assert!((100..320).contains(&fresh), "a fresh target gets ~5%: {fresh}");
+    }
+
+    #[test]
+    fn least_outstanding_and_slow_start_hold_under_the_cap() {
+        let mut s = GroupSettings::new(Algorithm::LeastOutstandingRequests);
+        s.max_requests_per_target = 2;
+        let g = TargetGroup::new("g".into(), s, &[spec(1), spec(2), spec(3)], None);
+        let set = g.targets();
+        let mut held: Vec<_> = (0..6).map(|_| g.claim(&set, &[], None).unwrap()).collect();
+        for t in set.targets() {
+            assert_eq!(t.in_flight(), 2, "least-outstanding fills the targets evenly up to the cap");
+        }
+        assert_eq!(g.claim(&set, &[], None).err(), Some(Busy::AtCap));
+        let freed = held.iter().position(|(t, _)| t.addr == spec(2).addr).unwrap();
+        held.remove(freed);
+        let (t, _g) = g.claim(&set, &[], None).unwrap();
+        assert_eq!(t.addr, spec(2).addr, "the freed slot is taken");
+        assert_eq!(
+            g.claim(&set, &[], Some(&set.targets()[0])).err(),
+            Some(Busy::AtCap),
+            "a full sticky target is full"
+        );
+
+        // Slow start: a fresh target's cap ramps with its share, from 1.
+        let mut s = GroupSettings::new(Algorithm::LeastOutstandingRequests);
+        s.max_requests_per_target = 10;
+        s.slow_start = Duration::from_secs(3600);
+        s.health_check = Some(HealthCheck::default());
+        let g = TargetGroup::new("g".into(), s, &[spec(1)], None);
+        let set = g.targets();
+        set.targets()[0].set_state(TargetState::Healthy, Reason::None);
+        let (_t, _g) = g.claim(&set, &[], None).unwrap();
+        assert_eq!(g.claim(&set, &[], None).err(), Some(Busy::AtCap), "10% of 10: one request until it ramps");
+        let none = GroupSettings::new(Algorithm::LeastOutstandingRequests);
+        let g = TargetGroup::new("g".into(), none, &[spec(1)], None);
+        let held: Vec<_> = (0..100).map(|_| g.claim(&g.targets(), &[], None).unwrap()).collect();
+        assert_eq!(held[0].0.in_flight(), 100, "no cap: every claim succeeds");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod group;
 pub mod least_outstanding;
+pub mod queue;
 pub mod round_robin;
 pub mod sticky;
 pub mod target;

@@ -8,6 +8,7 @@
 //! timeouts on live traffic) → `unhealthy`; `healthy_threshold` consecutive passes → `healthy`
 //! again; deregistered → `draining` → removed (`unused`).
 
+use super::queue::Queue;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -316,24 +317,50 @@ impl Target {
     #[inline]
     pub fn start_request(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard(self.clone())
+        InFlightGuard { target: self.clone(), queue: None }
+    }
+
+    /// [`Target::start_request`], telling `queue` when the request ends.
+    #[inline]
+    pub fn start_request_in(self: &Arc<Self>, queue: Option<&Arc<Queue>>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard { target: self.clone(), queue: queue.cloned() }
+    }
+
+    /// Counts a request as outstanding if fewer than `cap` are (0: no cap); the guard tells
+    /// `queue` when the request ends.
+    #[inline]
+    pub fn try_start_request(self: &Arc<Self>, cap: u32, queue: Option<&Arc<Queue>>) -> Option<InFlightGuard> {
+        if cap == 0 {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).ok()?;
+        }
+        Some(InFlightGuard { target: self.clone(), queue: queue.cloned() })
     }
 }
 
-/// Decrements the target's in-flight count when dropped (with the response body).
+/// Decrements the target's in-flight count when dropped (with the response body), and lets the
+/// group's queue know a slot is free.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<Target>);
+pub struct InFlightGuard {
+    target: Arc<Target>,
+    queue: Option<Arc<Queue>>,
+}
 
 impl InFlightGuard {
     /// The target this request is on.
     pub fn target(&self) -> &Arc<Target> {
-        &self.0
+        &self.target
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.target.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(q) = &self.queue {
+            q.freed();
+        }
     }
 }
 

@@ -432,6 +432,18 @@ pub struct TargetGroup {
     pub tls: Option<Spanned<UpstreamTls>>,
     /// Sticky sessions: `{ type = "lb_cookie" | "app_cookie", duration, cookie_name }`.
     pub stickiness: Option<Spanned<Stickiness>>,
+    /// In-flight requests each target takes at most; 0 = no cap (the default).
+    pub max_requests_per_target: Option<Spanned<u32>>,
+    /// `queue = { size, timeout }`: where requests wait when every available target is at the cap.
+    pub queue: Option<Spanned<Queue>>,
+}
+
+/// `queue` of a target group (HAProxy's backend queue in front of `maxconn`).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Queue {
+    pub size: Spanned<u32>,
+    pub timeout: Option<Spanned<Dur>>,
 }
 
 /// `stickiness` of a target group (ALB's duration-based and application-based stickiness).

@@ -20,6 +20,41 @@ use super::Control;
 use crate::balance::TargetState;
 use crate::telemetry::metrics::esc;
 
+/// The queue metrics of the groups that have one: depth, waits, refusals.
+fn render_queues(
+    snap: &crate::config::snapshot::Snapshot,
+    metrics: &crate::telemetry::metrics::Metrics,
+    out: &mut String,
+) {
+    let queued: Vec<_> =
+        snap.target_groups().filter(|g| g.queue.is_some() || g.settings.max_requests_per_target > 0).collect();
+    out.push_str("# HELP pilotfish_queue_depth Requests waiting for a target under max_requests_per_target.\n# TYPE pilotfish_queue_depth gauge\n");
+    for g in &queued {
+        let depth = g.queue.as_ref().map_or(0, |q| q.depth());
+        let _ = writeln!(out, "pilotfish_queue_depth{{target_group=\"{}\"}} {depth}", esc(&g.name));
+    }
+    out.push_str("# HELP pilotfish_queue_wait_seconds Time queued requests waited for a target.\n# TYPE pilotfish_queue_wait_seconds histogram\n");
+    for g in &queued {
+        metrics.group(&g.name).queue_wait.render(
+            out,
+            "pilotfish_queue_wait_seconds",
+            &format!("target_group=\"{}\"", esc(&g.name)),
+        );
+    }
+    out.push_str("# HELP pilotfish_queue_rejected_total Requests answered 503 by the queue, by reason.\n# TYPE pilotfish_queue_rejected_total counter\n");
+    for g in &queued {
+        let stats = metrics.group(&g.name);
+        for (reason, n) in [("queue_full", &stats.queue_full), ("queue_timeout", &stats.queue_timeout)] {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "pilotfish_queue_rejected_total{{target_group=\"{}\",reason=\"{reason}\"}} {n}",
+                esc(&g.name)
+            );
+        }
+    }
+}
+
 /// Serves the admin API on `listener` until the runtime stops.
 pub async fn serve(listener: TcpListener, control: Arc<Control>) {
     loop {
@@ -129,6 +164,7 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 for (i, n) in control.workers().open_connections().enumerate() {
                     let _ = writeln!(out, "pilotfish_worker_connections{{worker=\"{i}\"}} {n}");
                 }
+                render_queues(&snap, &state.metrics, out);
                 super::certificates::render_expiry(&snap, out);
             });
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
@@ -155,6 +191,12 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                         "last_refresh": status.last_refresh_unix_ms.map(|ms| humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()),
                         "discovery_error": status.last_error,
                         "fail_open": g.is_fail_open(),
+                        "max_requests_per_target": g.settings.max_requests_per_target,
+                        "queue": g.queue.as_ref().map(|q| json!({
+                            "depth": q.depth(),
+                            "size": q.size,
+                            "timeout": humantime::format_duration(q.timeout).to_string(),
+                        })),
                         "targets": set.targets().iter().map(|t| {
                             let last = t.last_check();
                             json!({

@@ -41,6 +41,10 @@ pub enum ProxyError {
     UriTooLong,
     #[error("method not supported ({0})")]
     MethodNotAllowed(&'static str),
+    #[error("target group {0:?}: every target is at max_requests_per_target and the queue is full")]
+    QueueFull(Arc<str>),
+    #[error("target group {0:?}: no target freed up within the queue's timeout")]
+    QueueTimeout(Arc<str>),
     /// A rule's transform made an invalid host or path.
     #[error("the rule's transform made an invalid request ({0})")]
     RewriteInvalid(&'static str),
@@ -50,7 +54,9 @@ impl ProxyError {
     /// The status the client gets (ALB's choices).
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoTarget(_) | ProxyError::QueueFull(_) | ProxyError::QueueTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. }
             | ProxyError::ConnectTimeout(_)
             | ProxyError::Tls { .. }
@@ -73,6 +79,8 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::NoTarget(_) => "no_target",
+            ProxyError::QueueFull(_) => "queue_full",
+            ProxyError::QueueTimeout(_) => "queue_timeout",
             ProxyError::Connect { .. } => "target_connect_failed",
             ProxyError::ConnectTimeout(_) => "target_connect_timeout",
             ProxyError::Tls { .. } => "target_tls_failed",

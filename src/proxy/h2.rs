@@ -270,12 +270,17 @@ async fn send_h2(
     let mut pending = Some(req);
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let mut last_err = None;
-    let mut preferred = changes.preferred();
+    let mut first = true;
     while tried.len() as u32 <= settings.retries {
-        let first = preferred.take().filter(|t| tried.is_empty() && t.is_routable());
-        let Some(target) = first.or_else(|| group.pick(&set, &tried)) else { break };
+        let (target, guard) = if std::mem::take(&mut first) {
+            client::first_target(arm, &set, changes.preferred().as_ref()).await?
+        } else {
+            match group.claim(&set, &tried, None) {
+                Ok(c) => c,
+                Err(_) => break,
+            }
+        };
         log.with(|r| r.target = Some(target.addr));
-        let guard = target.start_request();
         let mut tx = match upstream::h2_sender(target.id, target.addr, settings).await {
             Ok(tx) => tx,
             Err(e) => {

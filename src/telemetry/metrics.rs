@@ -61,7 +61,7 @@ impl Histogram {
         (b, b.iter().sum(), sum)
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let (b, count, sum) = self.snapshot();
         let mut cum = 0;
         for (bound, c) in BUCKETS.iter().zip(&b) {
@@ -115,6 +115,11 @@ pub struct GroupStats {
     pub elb_5xx: AtomicU64,
     /// Failed connection attempts to targets (each retry counts).
     pub target_connection_errors: AtomicU64,
+    /// Requests refused with 503 because the queue was full / the wait timed out.
+    pub queue_full: AtomicU64,
+    pub queue_timeout: AtomicU64,
+    /// How long queued requests waited (served or timed out).
+    pub queue_wait: Histogram,
 }
 
 /// Connection counters of one listener.

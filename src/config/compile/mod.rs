@@ -653,6 +653,38 @@ stickiness = { type = "app_cookie", cookie_name = "AWSALB" }
     }
 
     #[test]
+    fn the_cap_and_its_queue_are_checked_at_their_keys() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+default_action = { forward = { target_groups = [{ target_group = "a", weight = 1 }, { target_group = "b", weight = 1 }] } }
+
+[[target_groups]]
+name = "a"
+targets = ["127.0.0.1:9000"]
+queue = { size = 10 }
+
+[[target_groups]]
+name = "b"
+targets = ["127.0.0.1:9001"]
+max_requests_per_target = 2000000
+queue = { size = 0, timeout = "0s" }
+"#;
+        let e = errors(text);
+        let want = [
+            "t.toml:10:9: target group \"a\": a queue needs max_requests_per_target",
+            "t.toml:15:27: max_requests_per_target must be 0..=1000000",
+            "t.toml:16:18: queue size must be 1..=1000000",
+            "t.toml:16:31: queue timeout must be greater than 0 and at most 10m",
+        ];
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
+    #[test]
     fn header_edits_and_transforms_are_checked_at_their_keys() {
         let text = r#"
 [[listeners]]

@@ -20,6 +20,14 @@ use crate::config::snapshot::{
 
 /// ALB's limit on retries, which pilotfish follows so configs move between the two.
 const MAX_RETRIES: u32 = 5;
+/// Bounds of the per-target cap and its queue: a larger cap is no cap; a larger queue or a longer
+/// wait only hides an outage from the clients (and holds their connections).
+const MAX_REQUESTS_PER_TARGET: u32 = 1_000_000;
+const MAX_QUEUE_SIZE: u32 = 1_000_000;
+const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a request waits when `queue.timeout` is unset (HAProxy's `timeout queue` falls back to
+/// `timeout connect`; 5 s is the design's example and ALB's connect timeout order of magnitude).
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The weight of a target written without one.
 const DEFAULT_TARGET_WEIGHT: u32 = 100;
 
@@ -96,6 +104,7 @@ fn compile(cx: &mut Ctx<'_>, tg: &Spanned<file::TargetGroup>, has_cloudwatch: bo
         }
         settings.deregistration_delay = v.get_ref().0;
     }
+    concurrency(cx, name, tg, &mut settings);
     let stickiness = tg.stickiness.as_ref().and_then(|st| stickiness(cx, name, st));
     let health = tg.health_check.as_ref().map(|hc| health_check(cx, hc.get_ref()));
     let discovery = tg.discovery.as_ref().map(|d| discovery(cx, name, d, !tg.targets.is_empty()));
@@ -118,6 +127,31 @@ fn compile(cx: &mut Ctx<'_>, tg: &Spanned<file::TargetGroup>, has_cloudwatch: bo
         stickiness,
     };
     cx.clean_since(mark).then_some(def)
+}
+
+/// `max_requests_per_target` and `queue = { size, timeout }`.
+fn concurrency(cx: &mut Ctx<'_>, group: &str, tg: &file::TargetGroup, settings: &mut GroupSettings) {
+    if let Some(m) = &tg.max_requests_per_target {
+        if *m.get_ref() > MAX_REQUESTS_PER_TARGET {
+            cx.err(m.span(), format!("max_requests_per_target must be 0..={MAX_REQUESTS_PER_TARGET} (0 = no cap)"));
+        }
+        settings.max_requests_per_target = *m.get_ref();
+    }
+    let Some(q) = &tg.queue else { return };
+    let v = q.get_ref();
+    if settings.max_requests_per_target == 0 {
+        cx.err(q.span(), format!("target group {group:?}: a queue needs max_requests_per_target (requests wait for a target under the cap)"));
+    }
+    let size = *v.size.get_ref();
+    if !(1..=MAX_QUEUE_SIZE).contains(&size) {
+        cx.err(v.size.span(), format!("queue size must be 1..={MAX_QUEUE_SIZE}"));
+    }
+    let timeout = v.timeout.as_ref().map_or(QUEUE_TIMEOUT, |t| t.get_ref().0);
+    if timeout.is_zero() || timeout > MAX_QUEUE_TIMEOUT {
+        let at = v.timeout.as_ref().map_or(q.span(), Spanned::span);
+        cx.err(at, "queue timeout must be greater than 0 and at most 10m");
+    }
+    settings.queue = Some((size as usize, timeout));
 }
 
 /// `stickiness = { type, duration, cookie_name }`: ALB's defaults (1 day) and limits (1s..=7d).

@@ -28,6 +28,8 @@ use tokio::time::Instant;
 use super::buf::Buf;
 use super::io::Timer;
 use super::parse::{parse_response, ResponseHead};
+use crate::balance::group::{Busy, TargetSet};
+use crate::balance::queue::QueueError;
 use crate::balance::{InFlightGuard, Target};
 use crate::config::snapshot::ForwardArm;
 use crate::proxy::error::ProxyError;
@@ -218,6 +220,45 @@ pub struct Attempts {
     pub preferred: Option<Arc<Target>>,
 }
 
+/// The first target of a request: the sticky one or a pick, claimed at once when a target has
+/// room and nobody waits; else, when the group has a queue, after waiting in it (FIFO, at most
+/// its timeout). 503 when no target takes traffic, the queue is full, or the wait times out.
+pub async fn first_target(
+    arm: &ForwardArm,
+    set: &TargetSet,
+    preferred: Option<&Arc<Target>>,
+) -> Result<(Arc<Target>, InFlightGuard), ProxyError> {
+    let group = &arm.group;
+    // While requests wait, a new one does not overtake them.
+    if group.queue.as_ref().is_none_or(|q| q.depth() == 0) {
+        match group.claim(set, &[], preferred) {
+            Ok(c) => return Ok(c),
+            Err(Busy::NoTarget) => return Err(ProxyError::NoTarget(group.name.clone())),
+            Err(Busy::AtCap) => {}
+        }
+    }
+    let stats = &arm.group_stats;
+    let Some(q) = &group.queue else {
+        stats.queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ProxyError::QueueFull(group.name.clone()));
+    };
+    let since = Instant::now();
+    let got = q.wait(|| group.claim(&group.targets(), &[], preferred).ok()).await;
+    if !matches!(got, Err(QueueError::Full)) {
+        stats.queue_wait.observe(since.elapsed());
+    }
+    got.map_err(|e| match e {
+        QueueError::Full => {
+            stats.queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ProxyError::QueueFull(group.name.clone())
+        }
+        QueueError::Timeout => {
+            stats.queue_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ProxyError::QueueTimeout(group.name.clone())
+        }
+    })
+}
+
 /// Pooled connections found closed by the time a request was written: not the target's
 /// fault and not counted as retries, but bounded.
 const MAX_STALE: u32 = 3;
@@ -242,20 +283,25 @@ pub async fn send<O: Outbound>(
     // The same target again: after a stale pooled connection, or (`fresh`) a keep-alive race.
     let mut again: Option<(Arc<Target>, bool)> = None;
     loop {
-        let (target, fresh_only) = match again.take() {
-            Some(t) => t,
+        let (target, fresh_only, guard) = match again.take() {
+            Some((t, fresh)) => {
+                let g = t.start_request_in(group.queue.as_ref());
+                (t, fresh, g)
+            }
+            None if attempts.count == 0 => {
+                let (t, g) = first_target(arm, &set, attempts.preferred.take().as_ref()).await?;
+                (t, false, g)
+            }
             None => {
                 if failures > settings.retries {
                     break;
                 }
-                let first = attempts.preferred.take().filter(|t| tried.is_empty() && t.is_routable());
-                let Some(t) = first.or_else(|| group.pick(&set, &tried)) else { break };
-                (t, false)
+                let Ok((t, g)) = group.claim(&set, &tried, None) else { break };
+                (t, false, g)
             }
         };
         attempts.count += 1;
         attempts.target = Some(target.addr);
-        let guard = target.start_request();
         let now = if attempts.count == 1 { head_at } else { Instant::now() };
         let pooled = if fresh_only { None } else { upstream::checkout(target.id, now) };
         let (mut conn, sent_at) = match pooled {
