@@ -306,6 +306,15 @@ impl TargetGroup {
     ) -> Result<(Arc<Target>, InFlightGuard), Busy> {
         let capped = self.settings.max_requests_per_target > 0;
         let queue = self.queue.as_ref();
+        if !capped {
+            // No cap: the pick as it was before caps existed, and a plain in-flight count.
+            let t = match preferred.filter(|t| tried.is_empty() && t.is_routable()) {
+                Some(t) => t.clone(),
+                None => self.pick_under(set, tried, false, 0).ok_or(Busy::NoTarget)?,
+            };
+            let guard = t.start_request();
+            return Ok((t, guard));
+        }
         let now = if capped && !self.settings.slow_start.is_zero() { now_ms() } else { 0 };
         if let Some(t) = preferred.filter(|t| tried.is_empty() && t.is_routable()) {
             if let Some(g) = t.try_start_request(self.cap_of(t, now), queue) {

@@ -273,7 +273,11 @@ async fn send_h2(
     let mut first = true;
     while tried.len() as u32 <= settings.retries {
         let (target, guard) = if std::mem::take(&mut first) {
-            client::first_target(arm, &set, changes.preferred().as_ref()).await?
+            let preferred = changes.preferred();
+            match client::claim_first(arm, &set, preferred.as_ref())? {
+                Some(claimed) => claimed,
+                None => client::wait_in_queue(arm, preferred.as_ref()).await?,
+            }
         } else {
             match group.claim(&set, &tried, None) {
                 Ok(c) => c,

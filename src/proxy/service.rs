@@ -327,6 +327,14 @@ pub struct Changes<'a> {
     pub path: Option<String>,
     pub request_headers: Option<&'a HeaderEdits>,
     pub response_headers: Option<&'a Arc<HeaderEdits>>,
+    /// Sticky sessions, when the forward reads cookies (boxed: most requests have none, and
+    /// `Changes` lives in every request's future).
+    cookies: Option<Box<Cookies<'a>>>,
+}
+
+/// What a request's cookies said, and what its response's cookies will say.
+#[derive(Default)]
+struct Cookies<'a> {
     /// The chosen group's sticky sessions, and the session the request's cookies name.
     sticky: Option<&'a Stickiness>,
     session: Session,
@@ -398,42 +406,56 @@ impl<'a> Changes<'a> {
     /// Notes the stickiness of the chosen `arm`: the session the request's `cookies` name, and
     /// the target group cookie to issue, if any.
     pub fn stick(&mut self, arm: &'a ForwardArm, cookies: &[&[u8]], group_cookie: Option<String>, secure: bool) {
-        self.secure = secure;
-        self.group_cookie = group_cookie;
+        let mut c = Cookies { group_cookie, secure, ..Cookies::default() };
         if let Some(st) = &arm.sticky {
-            self.session = st.session(cookies, &arm.group.targets());
-            self.sticky = Some(st);
+            c.session = st.session(cookies, &arm.group.targets());
+            c.sticky = Some(st);
         }
+        if c.sticky.is_some() || c.group_cookie.is_some() {
+            self.cookies = Some(Box::new(c));
+        }
+    }
+
+    /// The chosen group's stickiness, when it has one.
+    fn sticky(&self) -> Option<&'a Stickiness> {
+        self.cookies.as_ref().and_then(|c| c.sticky)
     }
 
     /// The target the request's session is on (healthy and in the group), for the first pick.
     pub fn preferred(&self) -> Option<Arc<Target>> {
-        self.session.target.clone()
+        self.cookies.as_ref()?.session.target.clone()
+    }
+
+    /// Whether responses may get cookies (a sticky group or a forward's group stickiness).
+    #[inline]
+    pub fn sets_cookies(&self) -> bool {
+        self.cookies.is_some()
     }
 
     /// Whether the response's `Set-Cookie` fields matter (application-based stickiness).
     pub fn follows_app_cookie(&self) -> bool {
-        self.sticky.is_some_and(|s| matches!(s.kind, StickyKind::AppCookie(_)))
+        self.sticky().is_some_and(|s| matches!(s.kind, StickyKind::AppCookie(_)))
     }
 
     /// Whether a response `Set-Cookie` value sets the application's cookie.
     pub fn sets_app_cookie(&self, set_cookie: &[u8]) -> bool {
-        self.sticky.is_some_and(|s| s.sets_app_cookie(set_cookie))
+        self.sticky().is_some_and(|s| s.sets_app_cookie(set_cookie))
     }
 
     /// The `Set-Cookie` values for a response from `served`; `app_set`: it sets the
     /// application's cookie.
     pub fn set_cookies(&self, served: &Target, app_set: bool) -> Vec<String> {
-        let mut out: Vec<String> = self.group_cookie.iter().cloned().collect();
-        if let Some(st) = self.sticky {
-            out.extend(st.set_cookies(&self.session, served, self.secure, app_set));
+        let Some(c) = &self.cookies else { return Vec::new() };
+        let mut out: Vec<String> = c.group_cookie.iter().cloned().collect();
+        if let Some(st) = c.sticky {
+            out.extend(st.set_cookies(&c.session, served, c.secure, app_set));
         }
         out
     }
 
     /// [`Changes::set_cookies`] added to a response's header map.
     pub fn add_cookies(&self, served: &Target, headers: &mut http::HeaderMap) {
-        if self.sticky.is_none() && self.group_cookie.is_none() {
+        if !self.sets_cookies() {
             return;
         }
         let app_set = self.follows_app_cookie()

@@ -221,23 +221,35 @@ pub struct Attempts {
 }
 
 /// The first target of a request: the sticky one or a pick, claimed at once when a target has
-/// room and nobody waits; else, when the group has a queue, after waiting in it (FIFO, at most
-/// its timeout). 503 when no target takes traffic, the queue is full, or the wait times out.
-pub async fn first_target(
+/// room and nobody waits (Ok(None): every available target is at its cap, or requests are
+/// waiting; the caller then waits in the queue with [`wait_in_queue`]). Not async, so a request
+/// that finds a target pays no extra future.
+#[inline]
+pub fn claim_first(
     arm: &ForwardArm,
     set: &TargetSet,
     preferred: Option<&Arc<Target>>,
-) -> Result<(Arc<Target>, InFlightGuard), ProxyError> {
+) -> Result<Option<(Arc<Target>, InFlightGuard)>, ProxyError> {
     let group = &arm.group;
     // While requests wait, a new one does not overtake them.
-    if group.queue.as_ref().is_none_or(|q| q.depth() == 0) {
-        match group.claim(set, &[], preferred) {
-            Ok(c) => return Ok(c),
-            Err(Busy::NoTarget) => return Err(ProxyError::NoTarget(group.name.clone())),
-            Err(Busy::AtCap) => {}
-        }
+    if group.queue.as_ref().is_some_and(|q| q.depth() > 0) {
+        return Ok(None);
     }
-    let stats = &arm.group_stats;
+    match group.claim(set, &[], preferred) {
+        Ok(c) => Ok(Some(c)),
+        Err(Busy::NoTarget) => Err(ProxyError::NoTarget(group.name.clone())),
+        Err(Busy::AtCap) => Ok(None),
+    }
+}
+
+/// Waits in the group's queue, first come first served, at most its timeout, for a target
+/// under the cap. 503 when the group has no queue, the queue is full, or the wait times out.
+#[cold]
+pub async fn wait_in_queue(
+    arm: &ForwardArm,
+    preferred: Option<&Arc<Target>>,
+) -> Result<(Arc<Target>, InFlightGuard), ProxyError> {
+    let (group, stats) = (&arm.group, &arm.group_stats);
     let Some(q) = &group.queue else {
         stats.queue_full.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(ProxyError::QueueFull(group.name.clone()));
@@ -289,7 +301,11 @@ pub async fn send<O: Outbound>(
                 (t, fresh, g)
             }
             None if attempts.count == 0 => {
-                let (t, g) = first_target(arm, &set, attempts.preferred.take().as_ref()).await?;
+                let preferred = attempts.preferred.take();
+                let (t, g) = match claim_first(arm, &set, preferred.as_ref())? {
+                    Some(claimed) => claimed,
+                    None => wait_in_queue(arm, preferred.as_ref()).await?,
+                };
                 (t, false, g)
             }
             None => {

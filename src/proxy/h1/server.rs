@@ -847,7 +847,11 @@ async fn relay<S: ClientIo>(
     let framing = encode::out_framing(body_len, head.version);
     let request_done = sending == Sending::Done;
     let close = head.close || framing == OutFraming::Close || !request_done || ctx.closing();
-    let cookies = set_cookie_lines(out.changes, &target, tbuf.data(), &resp);
+    let cookies = if out.changes.sets_cookies() {
+        set_cookie_lines(out.changes, &target, tbuf.data(), &resp)
+    } else {
+        Vec::new()
+    };
     let edits = ResponseEdits {
         framing,
         close,
