@@ -2,12 +2,13 @@
 # cost.sh - what a feature costs per proxied HTTP/1.1 request: pilotfish binaries and configuration
 # variants side by side, in one run, against the same nginx backends.
 #
-#   benches/cost.sh [-b BIN]... [-n REQS] [-d SECS] [-r REPS] [-o DIR] [VARIANT...]
+#   benches/cost.sh [-b BIN]... [-n REQS] [-d SECS] [-r REPS] [-c CONNS] [-o DIR] [VARIANT...]
 #
 #   -b BIN      a pilotfish binary; repeat to compare builds   (default target/release/pilotfish)
 #   -n REQS     requests counted under callgrind               (default 20000; 0: skip callgrind)
 #   -d SECS     seconds per wrk measurement                    (default 10; 0: skip wrk)
 #   -r REPS     wrk repeats, every (binary, variant) interleaved (default 3)
+#   -c CONNS    wrk connections                                (default 64)
 #   -o DIR      where configs, logs and raw results go         (default a new /tmp directory)
 #
 # Variants (default: all): bare (the listener's default action forwards, as compare.sh),
@@ -21,17 +22,17 @@
 #   whole process's instructions divided by REQS. Deterministic to a fraction of a percent, so
 #   it is the figure to quote for a change of a few percent on a shared machine.
 # - CPU per request: pilotfish alone on CPU 1 (wrk and the backends on CPU 0), `wrk -c 64` for
-#   SECS; user and kernel CPU from /proc divided by the requests done; medians of REPS.
+#   SECS (-c to change the 64); user and kernel CPU from /proc divided by the requests done; medians of REPS.
 #
 # Needs Debian packages valgrind wrk nghttp2-client nginx curl (installed by you, never by this
 # script). Loopback only; every process it starts leads its own session and is stopped by that
 # session's PIDs at exit.
 set -uo pipefail
-REQS=20000 DUR=10 REPS=3 OUT="" BINS=()
-while getopts ":b:n:d:r:o:h" o; do
+REQS=20000 DUR=10 REPS=3 CONNS=64 OUT="" BINS=()
+while getopts ":b:n:d:r:c:o:h" o; do
   case $o in
-    b) BINS+=("$OPTARG") ;; n) REQS=$OPTARG ;; d) DUR=$OPTARG ;; r) REPS=$OPTARG ;; o) OUT=$OPTARG ;;
-    *) sed -n '2,29p' "$0"; exit 0 ;;
+    b) BINS+=("$OPTARG") ;; n) REQS=$OPTARG ;; d) DUR=$OPTARG ;; r) REPS=$OPTARG ;; c) CONNS=$OPTARG ;;
+    o) OUT=$OPTARG ;; *) sed -n '2,30p' "$0"; exit 0 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -185,9 +186,9 @@ if ((DUR > 0)); then
         start "$name" 1 "${BINS[$i]}" run -c "$OUT/conf/$v.toml"
         ready "$name" "http://127.0.0.1:$PORT/"
         c=$(cookie_of); hdr=(); [[ -n $c ]] && hdr=(-H "Cookie: $c")
-        taskset -c 0 wrk -t1 -c64 -d2s "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1
+        taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1
         read -r u0 s0 < <(session_ticks "${SID[$name]}")
-        out=$(taskset -c 0 wrk -t1 -c64 -d"${DUR}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" 2>&1)
+        out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUR}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" 2>&1)
         read -r u1 s1 < <(session_ticks "${SID[$name]}")
         stop "$name"
         n=$(awk '/requests in/{print $1}' <<<"$out")

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::answer::Answer;
 use super::error::ProxyError;
 use super::forward::ClientInfo;
-use crate::balance::sticky::{Session, Stickiness, StickyKind};
+use crate::balance::sticky::{CookieMemo, Session, Stickiness, StickyKind};
 use crate::balance::Target;
 use crate::config::snapshot::AccessLogFormat;
 use crate::config::snapshot::{ForwardArm, ListenerConfig, Redirect, Routed, ServerSettings, Snapshot};
@@ -405,10 +405,17 @@ impl<'a> Changes<'a> {
 
     /// Notes the stickiness of the chosen `arm`: the session the request's `cookies` name, and
     /// the target group cookie to issue, if any.
-    pub fn stick(&mut self, arm: &'a ForwardArm, cookies: &[&[u8]], group_cookie: Option<String>, secure: bool) {
+    pub fn stick(
+        &mut self,
+        arm: &'a ForwardArm,
+        cookies: &[&[u8]],
+        group_cookie: Option<String>,
+        secure: bool,
+        memo: &mut CookieMemo,
+    ) {
         let mut c = Cookies { group_cookie, secure, ..Cookies::default() };
         if let Some(st) = &arm.sticky {
-            c.session = st.session(cookies, &arm.group.targets());
+            c.session = st.session(cookies, &arm.group.targets(), memo);
             c.sticky = Some(st);
         }
         if c.sticky.is_some() || c.group_cookie.is_some() {

@@ -34,6 +34,7 @@ use super::client::{self, Answered, Outbound, SendError, Sending};
 use super::encode::{self, OutFraming, RequestAdditions, ResponseEdits, Slices};
 use super::io::{self as hio, ClientIo, Timer};
 use super::parse::{self, BodyLen, Field, Limits, RequestHead, ResponseHead, Version};
+use crate::balance::sticky::CookieMemo;
 use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
 use crate::proxy::answer::Answer;
@@ -68,6 +69,7 @@ pub async fn serve<S: ClientIo, C: Future<Output = ()> + Send>(
     let sleep = pin!(tokio::time::sleep(idle));
     let mut timer = Timer::new(sleep);
     let mut current = Current::new(ctx);
+    let mut memo = CookieMemo::default();
     loop {
         if carry.as_ref().is_none_or(Buf::is_empty) {
             carry = None;
@@ -77,7 +79,7 @@ pub async fn serve<S: ClientIo, C: Future<Output = ()> + Send>(
         }
         let buf = carry.take().expect("bytes of a request");
         current.refresh(ctx);
-        match Box::pin(exchange(&mut io, buf, ctx, &current, first, &mut timer)).await {
+        match Box::pin(exchange(&mut io, buf, ctx, &current, first, &mut timer, &mut memo)).await {
             Next::KeepAlive(rest) => carry = rest,
             Next::Close { linger } => {
                 hio::close(&mut io, linger).await;
@@ -192,6 +194,7 @@ async fn exchange<S: ClientIo>(
     current: &Current,
     h2c: bool,
     timer: &mut Timer<'_>,
+    memo: &mut CookieMemo,
 ) -> Next {
     let started = Instant::now();
     rbuf.compact_to(0);
@@ -269,7 +272,7 @@ async fn exchange<S: ClientIo>(
                         let secure = ctx.client.proto == "https";
                         let cookies = cookie_values(data, head.fields.all());
                         let (arm, group_cookie) = fw.choose_sticky(&cookies, secure);
-                        changes.stick(arm, &cookies, group_cookie, secure);
+                        changes.stick(arm, &cookies, group_cookie, secure, memo);
                         arm
                     } else {
                         fw.choose()
