@@ -32,7 +32,7 @@ REQS=20000 DUR=10 REPS=3 CONNS=64 OUT="" BINS=()
 while getopts ":b:n:d:r:c:o:h" o; do
   case $o in
     b) BINS+=("$OPTARG") ;; n) REQS=$OPTARG ;; d) DUR=$OPTARG ;; r) REPS=$OPTARG ;; c) CONNS=$OPTARG ;;
-    o) OUT=$OPTARG ;; *) sed -n '2,30p' "$0"; exit 0 ;;
+    o) OUT=$OPTARG ;; h) sed -n '2,30p' "$0"; exit 0 ;; *) sed -n '2,30p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -139,9 +139,13 @@ targets = ["127.0.0.1:$BP1", "127.0.0.1:$BP2"]
 $group
 C
 }
-# The cookie a sticky client sends back (empty for the other variants).
-cookie_of() {
-  curl -s -o /dev/null -D - "http://127.0.0.1:$PORT/" | awk -F'[ ;]' 'tolower($1) == "set-cookie:" && $2 ~ /^PILOTFISH-/ {print $2; exit}'
+# The cookie a sticky client sends back (empty for the other variants); a sticky variant
+# without one would measure the wrong thing, so that stops the run.
+cookie_of() {            # variant
+  local c
+  c=$(curl -s -o /dev/null -D - "http://127.0.0.1:$PORT/" | awk -F'[ ;]' 'tolower($1) == "set-cookie:" && $2 ~ /^PILOTFISH-/ {print $2; exit}')
+  if [[ $1 == sticky* && -z $c ]]; then echo "cost.sh: variant $1 issued no PILOTFISH- cookie" >&2; exit 1; fi
+  echo "$c"
 }
 
 start backend 0 nginx -c "$OUT/conf/backend.conf" -e "$OUT/run/backend/error.log"
@@ -161,15 +165,15 @@ if ((REQS > 0)); then
       start "$name" 1 valgrind --tool=callgrind --callgrind-out-file="$OUT/logs/$name.%p.out" \
         "${BINS[$i]}" run -c "$OUT/conf/$v.toml"
       ready "$name" "http://127.0.0.1:$PORT/"
-      c=$(cookie_of); hdr=(); [[ -n $c ]] && hdr=(-H "cookie: $c"); echo "$name cookie: ${c:-none}" >>"$OUT/logs/cookies.log"
+      c=$(cookie_of "$v") || exit 1; hdr=(); [[ -n $c ]] && hdr=(-H "cookie: $c"); echo "$name cookie: ${c:-none}" >>"$OUT/logs/cookies.log"
       taskset -c 0 h2load --h1 -c16 -n2000 "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1
       pid=$(pgrep -s "${SID[$name]}" | head -1)
-      callgrind_control -z "$pid" >/dev/null 2>&1
+      callgrind_control -z "$pid" >/dev/null 2>&1 || { echo "cost.sh: callgrind_control -z failed for $name" >&2; stop "$name"; continue; }
       out=$(taskset -c 0 h2load --h1 -c16 -n"$REQS" "${hdr[@]}" "http://127.0.0.1:$PORT/" 2>&1)
       ok=$(awk '/^status codes:/{print $3}' <<<"$out")
       callgrind_control -d "$pid" >/dev/null 2>&1
       stop "$name"
-      dump=$(ls -t "$OUT"/logs/"$name".*.out.* 2>/dev/null | head -1)
+      dump=$(ls -t "$OUT"/logs/"$name.$pid".out.* 2>/dev/null | head -1)
       ir=$(awk '/^summary:/{print $2}' "$dump" 2>/dev/null)
       if [[ -z $ir || $ok != "$REQS" ]]; then echo "cost.sh: callgrind run $name failed ($ok of $REQS 2xx)" >&2; continue; fi
       printf '%s\t%s\tinstructions\t%s\n' "$i" "$v" $((ir / REQS)) >>"$RAW"
@@ -185,7 +189,7 @@ if ((DUR > 0)); then
         name=wrk-$i-$v
         start "$name" 1 "${BINS[$i]}" run -c "$OUT/conf/$v.toml"
         ready "$name" "http://127.0.0.1:$PORT/"
-        c=$(cookie_of); hdr=(); [[ -n $c ]] && hdr=(-H "Cookie: $c")
+        c=$(cookie_of "$v") || exit 1; hdr=(); [[ -n $c ]] && hdr=(-H "Cookie: $c")
         taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$PORT/" >/dev/null 2>&1
         read -r u0 s0 < <(session_ticks "${SID[$name]}")
         out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DUR}s" "${hdr[@]}" "http://127.0.0.1:$PORT/" 2>&1)

@@ -185,15 +185,24 @@ async fn a_full_queue_and_an_expired_wait_answer_503_with_their_reasons() {
     for (proto, c) in [("http/1.1", client()), ("h2c", h2c_client())] {
         let gate = Gate::start("slow").await;
         let lb =
-            Lb::start(&config(&[gate.addr], "max_requests_per_target = 1\nqueue = { size = 1, timeout = \"300ms\" }"));
+            Lb::start(&config(&[gate.addr], "max_requests_per_target = 1\nqueue = { size = 1, timeout = \"2s\" }"));
         let held = spawn_get(&c, &lb, 0);
         assert!(wait_for(|| gate.holding() == 1).await);
         let waiting = spawn_get(&c, &lb, 1);
         assert!(wait_depth(&lb, 1).await, "{proto}: the second request waits");
         let full = get_with(&c, &lb.url("web", "/"), &[("x-seq", "2")]).await;
         assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE, "{proto}: the queue holds one");
+        // Refused at once as full, while the other still waits (its 2 s are not over).
+        let metrics = get(&client(), &lb.admin("/metrics")).await.body;
+        for line in [
+            "pilotfish_queue_rejected_total{target_group=\"app\",reason=\"queue_full\"} 1",
+            "pilotfish_queue_rejected_total{target_group=\"app\",reason=\"queue_timeout\"} 0",
+            "pilotfish_queue_depth{target_group=\"app\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{proto}: missing {line}\n{metrics}");
+        }
         let timed_out = waiting.await.unwrap();
-        assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE, "{proto}: no slot within 300ms");
+        assert_eq!(timed_out.status, StatusCode::SERVICE_UNAVAILABLE, "{proto}: no slot within 2s");
         gate.release(1);
         assert_eq!(held.await.unwrap().status, StatusCode::OK);
         assert_eq!(gate.arrived(), [0], "{proto}: refused requests never reach the target");

@@ -344,7 +344,7 @@ impl TargetGroup {
             return cap;
         }
         match t.slow_start_factor(self.settings.slow_start, now) {
-            Some(f) => ((f64::from(cap) * f).ceil() as u32).clamp(1, cap),
+            Some(f) => ((f64::from(cap) * f) as u32).clamp(1, cap),
             None => cap,
         }
     }

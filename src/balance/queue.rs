@@ -45,7 +45,7 @@ struct Leave<'a>(&'a AtomicUsize);
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -57,7 +57,7 @@ impl Queue {
     /// Requests waiting now.
     #[inline]
     pub fn depth(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// A request of the group ended: the waiter at the head of the line, if any, looks again.
@@ -76,8 +76,8 @@ impl Queue {
     /// Waits in line until `claim` gives a slot, at most `timeout`. `claim` is tried at the head
     /// of the line, each time a slot may have freed up.
     pub async fn wait<T>(&self, mut claim: impl FnMut() -> Option<T>) -> Result<T, QueueError> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.size {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.size {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(QueueError::Full);
         }
         let _leave = Leave(&self.waiting);

@@ -238,7 +238,7 @@ impl Stickiness {
     /// The session a request's `Cookie` values name in `set`: its target when the cookie opens,
     /// has not expired, names a target of the set that takes traffic (healthy, not draining),
     /// and, for `app_cookie`, the application's cookie is sent too.
-    pub fn session(&self, cookies: &[&[u8]], set: &TargetSet, memo: &mut CookieMemo) -> Session {
+    pub fn session(&self, cookies: &[&[u8]], set: &TargetSet, memo: Option<&mut CookieMemo>) -> Session {
         if let StickyKind::AppCookie(app) = &self.kind {
             if find_cookie(cookies, app).is_none() {
                 return Session::default();
@@ -248,8 +248,11 @@ impl Stickiness {
             let cors = self.cors.as_deref()?;
             find_cookie(cookies, cors).map(|v| (v, cors))
         });
-        let Some((expiry, addr)) = value.and_then(|(v, name)| read_payload(&self.sealer.open_memo(name, v, memo)?))
-        else {
+        let opened = value.and_then(|(v, name)| match memo {
+            Some(memo) => self.sealer.open_memo(name, v, memo),
+            None => self.sealer.open(name, v),
+        });
+        let Some((expiry, addr)) = opened.as_ref().and_then(read_payload) else {
             return Session::default();
         };
         if expiry <= now_secs() {
@@ -379,9 +382,9 @@ mod tests {
         assert!(issued[1].contains("SameSite=None; Secure"));
         for c in &issued {
             let header = format!("a=1; {}; b=2", cookie_of(c));
-            let got = s.session(&[header.as_bytes()], &targets, &mut memo);
+            let got = s.session(&[header.as_bytes()], &targets, Some(&mut memo));
             assert_eq!(got.target.as_ref().map(|t| t.addr), Some(t.addr), "{c}");
-            let again = s.session(&[header.as_bytes()], &targets, &mut memo);
+            let again = s.session(&[header.as_bytes()], &targets, Some(&mut memo));
             assert_eq!(again.target.map(|t| t.addr), Some(t.addr), "the remembered cookie: {c}");
             // A fresh cookie is not issued again; a session on another target is.
             assert!(s.set_cookies(&got, t, true, false).is_empty());
@@ -391,25 +394,25 @@ mod tests {
         // Another key, another group, a flipped byte: ignored.
         let other_key =
             Stickiness::new("g", StickyKind::LbCookie, Duration::from_secs(60), CookieSealer::new(Some(&[8; 32])));
-        assert!(other_key.session(&[cookie.as_bytes()], &targets, &mut memo).target.is_none());
+        assert!(other_key.session(&[cookie.as_bytes()], &targets, Some(&mut memo)).target.is_none());
         let other_group =
             Stickiness::new("h", StickyKind::LbCookie, Duration::from_secs(60), CookieSealer::new(Some(&[7; 32])));
         let moved = cookie.replace(&cookie_id("g"), &cookie_id("h"));
         assert!(
-            other_group.session(&[moved.as_bytes()], &targets, &mut memo).target.is_none(),
+            other_group.session(&[moved.as_bytes()], &targets, Some(&mut memo)).target.is_none(),
             "sealed under its own name"
         );
         let (name, value) = cookie.split_once('=').unwrap();
         let mut raw = aws_smithy_types::base64::decode(value).unwrap();
         raw[20] ^= 1;
         let tampered = format!("{name}={}", aws_smithy_types::base64::encode(&raw));
-        assert!(s.session(&[tampered.as_bytes()], &targets, &mut memo).target.is_none());
+        assert!(s.session(&[tampered.as_bytes()], &targets, Some(&mut memo)).target.is_none());
         // An expired payload, sealed properly: ignored too.
         let old = s.sealer.seal(&s.name, &payload(now_secs() - 1, t.addr));
-        assert!(s.session(&[format!("{name}={old}").as_bytes()], &targets, &mut memo).target.is_none());
+        assert!(s.session(&[format!("{name}={old}").as_bytes()], &targets, Some(&mut memo)).target.is_none());
         // A target that is no longer healthy is not kept.
         t.set_state(TargetState::Draining, crate::balance::target::Reason::DeregistrationInProgress);
-        assert!(s.session(&[cookie.as_bytes()], &targets, &mut memo).target.is_none());
+        assert!(s.session(&[cookie.as_bytes()], &targets, Some(&mut memo)).target.is_none());
     }
 
     #[test]
@@ -428,9 +431,9 @@ mod tests {
         assert_eq!(issued.len(), 1);
         assert!(issued[0].starts_with("PILOTFISHAPP-") && !issued[0].contains("Secure"));
         let ours = cookie_of(&issued[0]);
-        assert!(s.session(&[ours.as_bytes()], &targets, &mut memo).target.is_none(), "without SESSIONID");
+        assert!(s.session(&[ours.as_bytes()], &targets, Some(&mut memo)).target.is_none(), "without SESSIONID");
         let both = format!("SESSIONID=abc; {ours}");
-        assert_eq!(s.session(&[both.as_bytes()], &targets, &mut memo).target.unwrap().addr, t.addr);
+        assert_eq!(s.session(&[both.as_bytes()], &targets, Some(&mut memo)).target.unwrap().addr, t.addr);
         assert!(s.sets_app_cookie(b"SESSIONID=xyz; Path=/") && !s.sets_app_cookie(b"SESSIONIDX=1"));
     }
 

@@ -320,13 +320,6 @@ impl Target {
         InFlightGuard { target: self.clone(), queue: None }
     }
 
-    /// [`Target::start_request`], telling `queue` when the request ends.
-    #[inline]
-    pub fn start_request_in(self: &Arc<Self>, queue: Option<&Arc<Queue>>) -> InFlightGuard {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { target: self.clone(), queue: queue.cloned() }
-    }
-
     /// Counts a request as outstanding if fewer than `cap` are (0: no cap); the guard tells
     /// `queue` when the request ends.
     #[inline]
@@ -334,7 +327,9 @@ impl Target {
         if cap == 0 {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1)).ok()?;
+            // SeqCst, as the queue's count: a waiter that finds the target full and a request
+            // that ends and finds nobody waiting cannot both be right (no lost wakeup).
+            self.in_flight.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < cap).then_some(n + 1)).ok()?;
         }
         Some(InFlightGuard { target: self.clone(), queue: queue.cloned() })
     }
@@ -357,7 +352,7 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.target.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.target.in_flight.fetch_sub(1, Ordering::SeqCst);
         if let Some(q) = &self.queue {
             q.freed();
         }

@@ -40,7 +40,6 @@ use super::h1::parse::{self, BodyLen, Kind, RequestHead, Version as H1Version};
 use super::h1::server::Next;
 use super::service::{count_answer, redirect_location, Changes, ConnCtx, LogFields, RequestLog};
 use super::upstream::{self, H2Body, Stream};
-use crate::balance::sticky::CookieMemo;
 use crate::balance::Target;
 use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
@@ -165,7 +164,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
                             req.headers().get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
                         let (arm, group_cookie) = fw.choose_sticky(&cookies, secure);
                         if let Ok(c) = &mut changes {
-                            c.stick(arm, &cookies, group_cookie, secure, &mut CookieMemo::default());
+                            c.stick(arm, &cookies, group_cookie, secure, None);
                         }
                         arm
                     }

@@ -411,7 +411,7 @@ impl<'a> Changes<'a> {
         cookies: &[&[u8]],
         group_cookie: Option<String>,
         secure: bool,
-        memo: &mut CookieMemo,
+        memo: Option<&mut CookieMemo>,
     ) {
         let mut c = Cookies { group_cookie, secure, ..Cookies::default() };
         if let Some(st) = &arm.sticky {

@@ -255,7 +255,14 @@ pub async fn wait_in_queue(
         return Err(ProxyError::QueueFull(group.name.clone()));
     };
     let since = Instant::now();
-    let got = q.wait(|| group.claim(&group.targets(), &[], preferred).ok()).await;
+    // A group left without any target that takes traffic ends the wait (503 no_target).
+    let got = q
+        .wait(|| match group.claim(&group.targets(), &[], preferred) {
+            Ok(c) => Some(Ok(c)),
+            Err(Busy::NoTarget) => Some(Err(ProxyError::NoTarget(group.name.clone()))),
+            Err(Busy::AtCap) => None,
+        })
+        .await;
     if !matches!(got, Err(QueueError::Full)) {
         stats.queue_wait.observe(since.elapsed());
     }
@@ -268,7 +275,7 @@ pub async fn wait_in_queue(
             stats.queue_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ProxyError::QueueTimeout(group.name.clone())
         }
-    })
+    })?
 }
 
 /// Pooled connections found closed by the time a request was written: not the target's
@@ -292,19 +299,22 @@ pub async fn send<O: Outbound>(
     let mut tried: Vec<Arc<Target>> = Vec::new();
     let mut last_err: Option<ProxyError> = None;
     let (mut stale, mut raced, mut failures) = (0, false, 0);
-    // The same target again: after a stale pooled connection, or (`fresh`) a keep-alive race.
-    let mut again: Option<(Arc<Target>, bool)> = None;
+    // The same target again, keeping its slot (a cap is never exceeded): after a stale pooled
+    // connection, or (`fresh`) a keep-alive race.
+    let mut again: Option<(Arc<Target>, bool, InFlightGuard)> = None;
+    // The request waited in the queue: its clocks start when it leaves it.
+    let mut queued = false;
     loop {
         let (target, fresh_only, guard) = match again.take() {
-            Some((t, fresh)) => {
-                let g = t.start_request_in(group.queue.as_ref());
-                (t, fresh, g)
-            }
+            Some(same) => same,
             None if attempts.count == 0 => {
                 let preferred = attempts.preferred.take();
                 let (t, g) = match claim_first(arm, &set, preferred.as_ref())? {
                     Some(claimed) => claimed,
-                    None => wait_in_queue(arm, preferred.as_ref()).await?,
+                    None => {
+                        queued = true;
+                        wait_in_queue(arm, preferred.as_ref()).await?
+                    }
                 };
                 (t, false, g)
             }
@@ -318,7 +328,7 @@ pub async fn send<O: Outbound>(
         };
         attempts.count += 1;
         attempts.target = Some(target.addr);
-        let now = if attempts.count == 1 { head_at } else { Instant::now() };
+        let now = if attempts.count == 1 && !queued { head_at } else { Instant::now() };
         let pooled = if fresh_only { None } else { upstream::checkout(target.id, now) };
         let (mut conn, sent_at) = match pooled {
             Some(c) => (c, now),
@@ -355,14 +365,14 @@ pub async fn send<O: Outbound>(
                 if conn.reused && replay && wrote.is_err() && stale < MAX_STALE {
                     // The pooled connection was already closed: not the target's doing.
                     stale += 1;
-                    again = Some((target, false));
+                    again = Some((target, false, guard));
                     continue;
                 }
                 if conn.reused && replay && !raced && (!out.has_body() || out.idempotent()) {
                     // The keep-alive race: the target closed its idle connection as the request
                     // went out. Once more, on a fresh connection (to this target if need be).
                     raced = true;
-                    again = Some((target, true));
+                    again = Some((target, true, guard));
                     continue;
                 }
                 tracing::debug!(target: "pilotfish::proxy", addr = %target.addr, "target closed before responding");

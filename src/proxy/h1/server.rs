@@ -272,7 +272,7 @@ async fn exchange<S: ClientIo>(
                         let secure = ctx.client.proto == "https";
                         let cookies = cookie_values(data, head.fields.all());
                         let (arm, group_cookie) = fw.choose_sticky(&cookies, secure);
-                        changes.stick(arm, &cookies, group_cookie, secure, memo);
+                        changes.stick(arm, &cookies, group_cookie, secure, Some(memo));
                         arm
                     } else {
                         fw.choose()
