@@ -69,37 +69,9 @@ for port in $BP1 $BP2 "${H1[@]}" "${H2[@]}" "${TLS[@]}"; do
 done
 
 # ---- processes: each leads its own session; CPU and stopping go by that session's PIDs ----
-declare -A SID=()
-members() { pgrep -s "$1" 2>/dev/null | tr '\n' ' '; }
-session_ticks() {             # "user kernel" clock ticks summed over the live members of session $1
-  local p l u=0 s=0
-  for p in $(members "$1"); do
-    { read -r l <"/proc/$p/stat"; } 2>/dev/null || continue
-    l=${l##*) }; set -- $l; u=$((u + ${12})); s=$((s + ${13}))
-  done
-  echo "$u $s"
-}
-start() {                     # name cpu cmd...
-  local name=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$OUT/logs/$name.log" 2>&1 </dev/null &
-  SID[$name]=$!
-}
-stop() {
-  local sid=${SID[$1]:-} i left
-  [[ -n $sid ]] || return 0
-  kill -TERM "$sid" 2>/dev/null
-  for ((i = 0; i < 50; i++)); do [[ -z $(members "$sid") ]] && break; sleep 0.1; done
-  left=$(members "$sid"); [[ -n $left ]] && kill -KILL $left 2>/dev/null
-  wait "$sid" 2>/dev/null; unset "SID[$1]"
-}
-cleanup() {
-  trap - EXIT INT TERM
-  local n left=""
-  for n in "${!SID[@]}"; do stop "$n"; done
-  echo "# every process compare.sh started is stopped; results in $OUT"
-}
-trap cleanup EXIT
-trap 'echo "compare.sh: interrupted" >&2; exit 130' INT TERM
+PROG=compare.sh
+# shellcheck source=procs.sh
+. "$here/procs.sh"
 
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 quiet() {                     # wait (bounded) until the machine's other load is under 15 % of a CPU
@@ -206,15 +178,6 @@ start backend "$LOAD_CPUS" nginx -c "$OUT/conf/backend.conf" -e "$OUT/run/backen
 start nginx "$PROXY_CPUS" nginx -c "$OUT/conf/nginx.conf" -e "$OUT/run/nginx/error.log"
 start haproxy "$PROXY_CPUS" haproxy -db -f "$OUT/conf/haproxy.cfg"
 start pilotfish "$PROXY_CPUS" "$BIN" run -c "$OUT/conf/pilotfish.toml"
-ready() {                     # name url: 200 within 10 s, or stop with the log
-  local i
-  for ((i = 0; i < 100; i++)); do
-    [[ $(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$2") == 200 ]] && return 0
-    [[ -z $(members "${SID[$1]}") ]] && break
-    sleep 0.1
-  done
-  echo "compare.sh: $1 does not answer 200 on $2:" >&2; tail -5 "$OUT/logs/$1.log" >&2; exit 1
-}
 ready backend "http://127.0.0.1:$BP1/"
 for p in pilotfish nginx haproxy; do
   ready "$p" "http://127.0.0.1:${H1[$p]}/"; ready "$p" "https://127.0.0.1:${TLS[$p]}/"

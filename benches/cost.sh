@@ -57,46 +57,10 @@ for port in $BP1 $BP2 $PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "cost.sh: port $port is in use" >&2; exit 2; fi
 done
 
-declare -A SID=()
-members() { pgrep -s "$1" 2>/dev/null | tr '\n' ' '; }
-session_ticks() {
-  local p l u=0 s=0
-  for p in $(members "$1"); do
-    { read -r l <"/proc/$p/stat"; } 2>/dev/null || continue
-    l=${l##*) }; set -- $l; u=$((u + ${12})); s=$((s + ${13}))
-  done
-  echo "$u $s"
-}
-start() {                     # name cpu cmd...
-  local name=$1 cpu=$2; shift 2
-  setsid taskset -c "$cpu" "$@" >"$OUT/logs/$name.log" 2>&1 </dev/null &
-  SID[$name]=$!
-}
-stop() {
-  local sid=${SID[$1]:-} i left
-  [[ -n $sid ]] || return 0
-  kill -TERM "$sid" 2>/dev/null
-  for ((i = 0; i < 100; i++)); do [[ -z $(members "$sid") ]] && break; sleep 0.1; done
-  left=$(members "$sid"); [[ -n $left ]] && kill -KILL $left 2>/dev/null
-  wait "$sid" 2>/dev/null; unset "SID[$1]"
-}
-cleanup() {
-  trap - EXIT INT TERM
-  local n
-  for n in "${!SID[@]}"; do stop "$n"; done
-  echo "# every process cost.sh started is stopped; results in $OUT"
-}
-trap cleanup EXIT
-trap 'echo "cost.sh: interrupted" >&2; exit 130' INT TERM
-ready() {                     # name url [header]: 200 within 60 s (valgrind starts slowly)
-  local i
-  for ((i = 0; i < 600; i++)); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$2") == 200 ]] && return 0
-    [[ -z $(members "${SID[$1]}") ]] && break
-    sleep 0.1
-  done
-  echo "cost.sh: $1 does not answer 200 on $2:" >&2; tail -5 "$OUT/logs/$1.log" >&2; exit 1
-}
+PROG=cost.sh
+# shellcheck source=procs.sh
+. "$here/procs.sh"
+READY_SECS=60                 # valgrind starts slowly
 
 temp_paths() { local d=$1; echo "client_body_temp_path $d; proxy_temp_path $d; fastcgi_temp_path $d; uwsgi_temp_path $d; scgi_temp_path $d;"; }
 cat >"$OUT/conf/backend.conf" <<C

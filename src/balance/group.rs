@@ -253,7 +253,7 @@ impl TargetGroup {
         }
         self.set.store(Arc::new(TargetSet::from_targets(next)));
         if let Some(q) = &self.queue {
-            q.targets_changed();
+            q.freed();
         }
         true
     }

@@ -60,17 +60,13 @@ impl Queue {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// A request of the group ended: the waiter at the head of the line, if any, looks again.
+    /// A slot may be free (a request of the group ended, or its targets changed): the waiter
+    /// at the head of the line, if any, looks again.
     #[inline]
     pub fn freed(&self) {
         if self.depth() > 0 {
             self.freed.notify_one();
         }
-    }
-
-    /// Also wakes the head of the line: the group's targets changed.
-    pub fn targets_changed(&self) {
-        self.freed();
     }
 
     /// Waits in line until `claim` gives a slot, at most `timeout`. `claim` is tried at the head

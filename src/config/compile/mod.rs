@@ -573,6 +573,15 @@ mod tests {
         }
     }
 
+    /// Asserts that `text` gives exactly the errors (and warnings) `want`, each a prefix of one.
+    fn assert_errors(text: &str, want: &[&str]) {
+        let e = errors(text);
+        for w in want {
+            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
+        }
+        assert_eq!(e.len(), want.len(), "{e:#?}");
+    }
+
     #[test]
     fn collects_every_error_with_line_and_column() {
         let text = r#"
@@ -598,20 +607,18 @@ forward = "api"
 name = "api"
 targets = ["127.0.0.1"]
 "#;
-        let e = errors(text);
-        let want = [
-            "t.toml:4:8: bad bind address",
-            "t.toml:8:21: rule \"a\" names unknown listener \"nope\"",
-            "t.toml:10:14: bad CIDR",
-            "t.toml:11:11: rule \"a\" forwards to unknown target group \"missing\"",
-            "t.toml:14:8: rule \"b\" needs exactly one action",
-            "t.toml:16:12: priority 5 on listener \"web\" is already used",
-            "t.toml:22:12: bad target address",
-        ];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        assert_errors(
+            text,
+            &[
+                "t.toml:4:8: bad bind address",
+                "t.toml:8:21: rule \"a\" names unknown listener \"nope\"",
+                "t.toml:10:14: bad CIDR",
+                "t.toml:11:11: rule \"a\" forwards to unknown target group \"missing\"",
+                "t.toml:14:8: rule \"b\" needs exactly one action",
+                "t.toml:16:12: priority 5 on listener \"web\" is already used",
+                "t.toml:22:12: bad target address",
+            ],
+        );
     }
 
     #[test]
@@ -637,19 +644,17 @@ name = "c"
 targets = ["127.0.0.1:9002"]
 stickiness = { type = "app_cookie", cookie_name = "AWSALB" }
 "#;
-        let e = errors(text);
-        let want = [
-            "t.toml:5:30: default_action: forward stickiness must be 1s..=7d",
-            "t.toml:10:48: target group \"a\": stickiness duration must be 1s..=7d",
-            "t.toml:10:23: target group \"a\": app_cookie needs cookie_name",
-            "t.toml:15:50: target group \"b\": cookie_name is for type = \"app_cookie\"",
-            "t.toml:18:8: warning: target group \"c\" is not used",
-            "t.toml:20:51: target group \"c\": cookie_name \"AWSALB\" is reserved",
-        ];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        assert_errors(
+            text,
+            &[
+                "t.toml:5:30: default_action: forward stickiness must be 1s..=7d",
+                "t.toml:10:48: target group \"a\": stickiness duration must be 1s..=7d",
+                "t.toml:10:23: target group \"a\": app_cookie needs cookie_name",
+                "t.toml:15:50: target group \"b\": cookie_name is for type = \"app_cookie\"",
+                "t.toml:18:8: warning: target group \"c\" is not used",
+                "t.toml:20:51: target group \"c\": cookie_name \"AWSALB\" is reserved",
+            ],
+        );
     }
 
     #[test]
@@ -671,17 +676,15 @@ targets = ["127.0.0.1:9001"]
 max_requests_per_target = 2000000
 queue = { size = 0, timeout = "0s" }
 "#;
-        let e = errors(text);
-        let want = [
-            "t.toml:10:9: target group \"a\": a queue needs max_requests_per_target",
-            "t.toml:15:27: max_requests_per_target must be 0..=1000000",
-            "t.toml:16:18: queue size must be 1..=1000000",
-            "t.toml:16:31: queue timeout must be greater than 0 and at most 10m",
-        ];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        assert_errors(
+            text,
+            &[
+                "t.toml:10:9: target group \"a\": a queue needs max_requests_per_target",
+                "t.toml:15:27: max_requests_per_target must be 0..=1000000",
+                "t.toml:16:18: queue size must be 1..=1000000",
+                "t.toml:16:31: queue timeout must be greater than 0 and at most 10m",
+            ],
+        );
     }
 
     #[test]
@@ -713,8 +716,7 @@ fixed_response = { status = 200 }
 name = "g"
 targets = ["127.0.0.1:9000"]
 "#;
-        let e = errors(text);
-        let want = [
+        assert_errors(text, &[
             "t.toml:5:20: listener \"web\": \"content-length\" cannot be set or removed",
             "t.toml:12:33: rule \"a\": transforms.host: bad regex",
             "t.toml:12:99: rule \"a\": transforms.url: replace refers to ${2}",
@@ -722,11 +724,7 @@ targets = ["127.0.0.1:9000"]
             "t.toml:13:19: rule \"a\": request_headers: \"host\" cannot be set or removed: pilotfish sends the request's host: rewrite it with transforms.host",
             "t.toml:14:20: rule \"a\": response_headers: bad header name \"bad name\"",
             "t.toml:21:19: rule \"b\": transforms and request_headers apply to forward rules only",
-        ];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        ]);
     }
 
     #[test]
@@ -746,12 +744,7 @@ bogus = 1
 name = "other"
 bind = "nowhere"
 "#;
-        let e = errors(text);
-        let want = ["t.toml:8:1: unknown field `bogus`", "t.toml:12:8: bad bind address"];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        assert_errors(text, &["t.toml:8:1: unknown field `bogus`", "t.toml:12:8: bad bind address"]);
         // A section written as an array of tables is an error, not the defaults.
         let e = errors("[[server]]\nidle_timeout = \"5s\"\n[listenrs]\n");
         assert!(e.iter().any(|x| x.starts_with("t.toml:1:1: invalid type")), "{e:#?}");
@@ -835,20 +828,18 @@ name = "broken"
 retries = "many"
 targets = "127.0.0.1:9000"
 "#;
-        let e = errors(text);
-        let want = [
-            "t.toml:3:1: unknown field `idle_timout`",
-            "t.toml:4:23: invalid duration",
-            "t.toml:9:20: invalid type",
-            "t.toml:10:30: default_action forwards to unknown target group \"nope\"",
-            "t.toml:19:8: warning: target group \"broken\" has no targets",
-            "t.toml:20:11: invalid type",
-            "t.toml:21:11: invalid type",
-        ];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        assert_errors(
+            text,
+            &[
+                "t.toml:3:1: unknown field `idle_timout`",
+                "t.toml:4:23: invalid duration",
+                "t.toml:9:20: invalid type",
+                "t.toml:10:30: default_action forwards to unknown target group \"nope\"",
+                "t.toml:19:8: warning: target group \"broken\" has no targets",
+                "t.toml:20:11: invalid type",
+                "t.toml:21:11: invalid type",
+            ],
+        );
     }
 
     #[test]
@@ -872,13 +863,10 @@ forward = "g"
 name = "g"
 targets = ["127.0.0.1:0"]
 "#;
-        let e = errors(text);
-        let want =
-            ["t.toml:4:8: bad bind address", "t.toml:11:10: bad method", "t.toml:16:12: target \"127.0.0.1:0\" needs"];
-        for w in want {
-            assert!(e.iter().any(|x| x.starts_with(w)), "missing {w:?} in {e:#?}");
-        }
-        assert_eq!(e.len(), want.len(), "{e:#?}");
+        assert_errors(
+            text,
+            &["t.toml:4:8: bad bind address", "t.toml:11:10: bad method", "t.toml:16:12: target \"127.0.0.1:0\" needs"],
+        );
     }
 
     #[test]
