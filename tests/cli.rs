@@ -41,6 +41,8 @@ fn every_toml_example_in_the_readme_passes_check() {
         ca.issue(&["www.example.com"], &common::tls::ECDSA).write(&certs, "example");
         ca.issue(&["*.example.com"], &common::tls::ECDSA).write(&certs, "wildcard");
         std::fs::write(certs.join("internal-ca.pem"), &ca.pem).unwrap();
+        std::fs::write(certs.join("clients-ca.pem"), &ca.pem).unwrap();
+        std::fs::write(certs.join("clients.crl"), ca.crl_pem()).unwrap();
         let (code, out, err) = check(&path);
         assert_eq!(code, 0, "README example {i}:\n{out}{err}");
     }

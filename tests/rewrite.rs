@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
@@ -205,6 +207,10 @@ async fn answers_of_the_balancer_carry_the_edits_and_a_bad_rewrite_is_a_500() {
         assert_eq!(api.requests(), before, "the target never sees it");
         assert!(bad.header("strict-transport-security").is_some());
     }
+    // A line is written when its response body has ended, which may be just after the client
+    // read it.
+    let count = || lb.log.lines().iter().filter(|l| l["error"] == "rewrite_invalid_path").count();
+    eventually(Duration::from_secs(5), || count() == 2).await;
     let logged = lb.log.lines();
     let errors: Vec<_> = logged.iter().filter(|l| l["error"] == "rewrite_invalid_path").collect();
     assert_eq!(errors.len(), 2, "logged with its reason: {logged:#?}");

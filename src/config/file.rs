@@ -242,6 +242,30 @@ pub struct Listener {
     pub response_headers: Option<Spanned<BTreeMap<String, String>>>,
     /// false: `Server` is removed from responses.
     pub server_header: Option<Spanned<bool>>,
+    /// Client certificates (https listeners): verified against a trust store, or passed through.
+    pub mutual_tls: Option<Spanned<MutualTls>>,
+}
+
+/// `mutual_tls = { mode, trust_store, crl, ignore_client_certificate_expiry, advertise_ca_names }`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutualTls {
+    pub mode: Spanned<MtlsMode>,
+    /// PEM bundle of the CAs (roots and intermediates) client certificates must chain to.
+    pub trust_store: Option<Spanned<String>>,
+    /// Certificate revocation lists (PEM or DER files).
+    pub crl: Option<Spanned<Vec<String>>>,
+    pub ignore_client_certificate_expiry: Option<Spanned<bool>>,
+    pub advertise_ca_names: Option<Spanned<bool>>,
+}
+
+/// ALB's mutual authentication modes.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    Off,
+    Verify,
+    Passthrough,
 }
 
 fn default_listener_protocol() -> Spanned<ListenerProtocol> {

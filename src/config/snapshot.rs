@@ -301,6 +301,8 @@ pub struct ListenerConfig {
     pub own_codes: Arc<CodeCounters>,
     /// TLS server configuration (https listeners).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Mutual TLS: what targets are told about client certificates.
+    pub mtls: Option<crate::tls::mtls::Mode>,
     /// Request body limit in bytes (None: unlimited).
     pub max_request_body: Option<u64>,
     /// The listener's own response edits (`response_headers`, `server_header`), for the

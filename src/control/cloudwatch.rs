@@ -82,6 +82,8 @@ fn totals(state: &SharedState) -> Totals {
     for (_, l) in m.listeners() {
         *t.lb.entry("NewConnectionCount").or_default() += l.connections_total.load(Ordering::Relaxed);
         *t.lb.entry("ProcessedBytes").or_default() += l.processed_bytes.get();
+        *t.lb.entry("ClientTLSNegotiationErrorCount").or_default() += l.tls_handshake_errors.load(Ordering::Relaxed);
+        *t.lb.entry("MutualTLSFailureCount").or_default() += l.mtls_failures_total();
     }
     t
 }

@@ -18,6 +18,8 @@ pub struct ClientInfo {
     /// `http` or `https`.
     pub proto: &'static str,
     pub listener_port: u16,
+    /// What the client's certificate tells targets (mutual TLS listeners).
+    pub cert: Option<std::sync::Arc<crate::tls::mtls::ClientCert>>,
     ip: [u8; 46],
     ip_len: u8,
     port: [u8; 5],
@@ -35,7 +37,7 @@ impl ClientInfo {
         let mut w = &mut port[..];
         let _ = write!(w, "{listener_port}");
         let port_len = (5 - w.len()) as u8;
-        ClientInfo { addr, proto, listener_port, ip, ip_len, port, port_len }
+        ClientInfo { addr, proto, listener_port, cert: None, ip, ip_len, port, port_len }
     }
 
     /// The client's IP address as text (IPv4-mapped addresses as IPv4).
@@ -124,6 +126,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Removes every `X-Amzn-Mtls-*` field: pilotfish sets them from the TLS handshake, and a
+/// client's would pass for its own.
+pub fn strip_mtls(headers: &mut HeaderMap) {
+    if !headers.keys().any(|n| crate::tls::mtls::is_mtls_header(n.as_str().as_bytes())) {
+        return;
+    }
+    let names: Vec<HeaderName> =
+        headers.keys().filter(|n| crate::tls::mtls::is_mtls_header(n.as_str().as_bytes())).cloned().collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
 thread_local! {
     /// A monotonic instant and the Unix seconds it corresponds to, re-read once a minute.
     static UNIX_BASE: std::cell::Cell<Option<(std::time::Instant, u64)>> = const { std::cell::Cell::new(None) };
@@ -176,6 +191,12 @@ pub fn new_request_id_value() -> HeaderValue {
 /// URI and version made right for the upstream protocol. `host` is the client's host (with port).
 pub fn prepare_head(parts: &mut request::Parts, client: &ClientInfo, host: &str, protocol: UpstreamProtocol) {
     strip_hop_by_hop(&mut parts.headers);
+    strip_mtls(&mut parts.headers);
+    if let Some(c) = &client.cert {
+        for (n, v) in &c.fields {
+            parts.headers.insert(n, v.clone());
+        }
+    }
     let prev: Vec<&HeaderValue> = parts.headers.get_all(&X_FORWARDED_FOR).iter().collect();
     let xff = if prev.iter().all(|v| v.as_bytes().trim_ascii().is_empty()) {
         // The common case (no XFF yet) reuses the connection's value.
@@ -249,7 +270,11 @@ pub fn write_h1_head(parts: &request::Parts, client: &ClientInfo, host: &str, ch
             xff.push(v);
         } else if n == header::COOKIE {
             cookies.push(v);
-        } else if n != header::TRANSFER_ENCODING && n != X_FORWARDED_PROTO && n != X_FORWARDED_PORT {
+        } else if n != header::TRANSFER_ENCODING
+            && n != X_FORWARDED_PROTO
+            && n != X_FORWARDED_PORT
+            && !crate::tls::mtls::is_mtls_header(n.as_str().as_bytes())
+        {
             field(&mut out, n.as_str().as_bytes(), v.as_bytes());
         }
     }
@@ -270,6 +295,9 @@ pub fn write_h1_head(parts: &request::Parts, client: &ClientInfo, host: &str, ch
     out.extend_from_slice(b"\r\n");
     field(&mut out, b"x-forwarded-proto", client.proto.as_bytes());
     field(&mut out, b"x-forwarded-port", client.port_text());
+    if let Some(c) = &client.cert {
+        out.extend_from_slice(&c.lines);
+    }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }

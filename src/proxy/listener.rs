@@ -182,7 +182,7 @@ async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, tls: Option<Arc<
 async fn serve_tls(
     stream: TcpStream,
     tls: Arc<rustls::ServerConfig>,
-    ctx: Arc<ConnCtx>,
+    mut ctx: Arc<ConnCtx>,
     closing: Pin<&mut (impl Future<Output = ()> + Send)>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -190,6 +190,10 @@ async fn serve_tls(
     let stats = &ctx.accepted_with.stats;
     match handshake {
         Ok(Ok(tls_stream)) => {
+            if let (Some(mode), Some(chain)) = (ctx.accepted_with.mtls, tls_stream.get_ref().1.peer_certificates()) {
+                let cert = crate::tls::mtls::ClientCert::from_chain(mode, chain).map(Arc::new);
+                Arc::make_mut(&mut ctx).client.cert = cert;
+            }
             if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                 let local = tls_stream.get_ref().0.local_addr().ok();
                 serve_h2(tls_stream, ctx, local, closing).await;
@@ -199,6 +203,10 @@ async fn serve_tls(
         }
         Ok(Err(e)) => {
             stats.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+            let failure = ctx.accepted_with.mtls.and_then(|_| crate::tls::mtls::Failure::of(&e));
+            if let Some(f) = failure {
+                stats.mtls_failure(f);
+            }
             // rustls errors describe the failure, never the client's bytes.
             tracing::debug!(listener = %ctx.listener, client = %ctx.client.addr, error = %e, "TLS handshake failed");
         }

@@ -22,7 +22,7 @@ use crate::telemetry::access_log::{secs, AccessLog, Record};
 use crate::telemetry::metrics::{CodeCounters, ListenerStats};
 
 /// What every request of one client connection shares.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ConnCtx {
     pub state: Arc<SharedState>,
     pub listener: Arc<str>,
@@ -170,7 +170,12 @@ impl RequestLog {
             user_agent: None,
             request_id: None,
             error: None,
+            auth: Default::default(),
         };
+        if let Some(c) = &ctx.client.cert {
+            record.auth.mtls = Some(c.mode.as_str());
+            record.auth.subject = c.subject.clone();
+        }
         fill(&mut record, &fields());
         RequestLog {
             started,

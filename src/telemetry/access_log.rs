@@ -36,6 +36,29 @@ pub struct Record {
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub error: Option<&'static str>,
+    /// Who the client proved to be (mutual TLS, JWT); left out when neither applies.
+    #[serde(skip_serializing_if = "Auth::is_empty")]
+    pub auth: Auth,
+}
+
+/// The `auth` field of an access log line.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Auth {
+    /// `verified` or `passthrough`: the connection presented a client certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<&'static str>,
+    /// The verified client certificate's subject (RFC 2253).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `valid`, or why the rule's token check refused the request (`missing`, `expired`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<&'static str>,
+}
+
+impl Auth {
+    fn is_empty(&self) -> bool {
+        self.mtls.is_none() && self.jwt.is_none()
+    }
 }
 
 fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::shard::{Counter, Sharded};
+use crate::tls::mtls::Failure;
 
 /// Histogram bucket upper bounds in seconds (ALB-ish latency range).
 pub const BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -131,6 +132,22 @@ pub struct ListenerStats {
     pub processed_bytes: Counter,
     pub tls_handshake_errors: AtomicU64,
     pub request_duration: Histogram,
+    /// Mutual TLS handshakes refused, by [`Failure`] (in `Failure::ALL` order).
+    pub mtls_failures: [AtomicU64; Failure::ALL.len()],
+}
+
+impl ListenerStats {
+    /// Counts one refused client certificate.
+    pub fn mtls_failure(&self, f: Failure) {
+        if let Some(i) = Failure::ALL.iter().position(|x| *x == f) {
+            self.mtls_failures[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Refused client certificates, every reason.
+    pub fn mtls_failures_total(&self) -> u64 {
+        self.mtls_failures.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// A (listener, target group) label pair; the group is "" for answers not forwarded.
@@ -283,6 +300,20 @@ impl Metrics {
                 esc(l),
                 s.tls_handshake_errors.load(Ordering::Relaxed)
             );
+        }
+        out.push_str("# HELP pilotfish_mtls_failures_total Client certificates refused in the TLS handshake (mutual TLS), by reason.\n# TYPE pilotfish_mtls_failures_total counter\n");
+        for (l, s) in &ls {
+            for (f, n) in Failure::ALL.iter().zip(&s.mtls_failures) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "pilotfish_mtls_failures_total{{listener=\"{}\",reason=\"{}\"}} {n}",
+                        esc(l),
+                        f.as_str()
+                    );
+                }
+            }
         }
         out.push_str("# HELP pilotfish_target_response_seconds Time from forwarding to the target's response head.\n# TYPE pilotfish_target_response_seconds histogram\n");
         let mut tr: Vec<_> = self.target_response.iter().map(|e| (e.key().clone(), e.value().clone())).collect();

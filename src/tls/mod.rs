@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod load;
+pub mod mtls;
 pub mod pkcs8;
 pub mod store;
 
@@ -39,14 +40,29 @@ fn session_cache() -> Arc<dyn StoresServerSessions> {
 }
 
 /// A server configuration for one listener: TLS 1.2 and 1.3, the listener's certificates
-/// resolved by SNI, its ALPN list, and the process-wide ticketer and session cache.
-pub fn server_config(store: CertStore, alpn: &[String]) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(store));
+/// resolved by SNI, its ALPN list, and the process-wide ticketer and session cache; with
+/// `client_auth` (mutual TLS), that verifier and no session resumption (a resumed session
+/// presents no certificate).
+pub fn server_config(
+    store: CertStore,
+    alpn: &[String],
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let mutual = client_auth.is_some();
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(store));
     cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    cfg.ticketer = ticketer();
-    cfg.session_storage = session_cache();
+    if mutual {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    } else {
+        cfg.ticketer = ticketer();
+        cfg.session_storage = session_cache();
+    }
     Ok(Arc::new(cfg))
 }

@@ -9,12 +9,17 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::config::file::Spanned;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::rule::{self, ActionDef};
 use super::{check_name, optional, Ctx};
 use crate::config::file;
 use crate::config::snapshot::ListenerProtocol;
 use crate::routing::rewrite::HeaderEdits;
+use crate::tls::mtls;
 
 /// The ALPN protocols an https listener offers when `alpn` is not set.
 const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
@@ -42,6 +47,14 @@ pub(super) struct ListenerTls {
     pub default: String,
     pub alpn: Vec<String>,
     /// The `certificates` key, where errors building the server configuration are reported.
+    pub span: Range<usize>,
+    /// `mutual_tls` (mode not off), with its trust store and CRLs loaded.
+    pub mtls: Option<MtlsDef>,
+}
+
+/// A listener's mutual TLS, loaded, and where it is written.
+pub(super) struct MtlsDef {
+    pub settings: mtls::Settings,
     pub span: Range<usize>,
 }
 
@@ -87,6 +100,13 @@ fn compile<'a>(
                 (l.certificates.as_ref().map(|c| c.span()), "certificates"),
                 (l.default_certificate.as_ref().map(|c| c.span()), "default_certificate"),
                 (l.alpn.as_ref().map(|c| c.span()), "alpn"),
+                (
+                    l.mutual_tls
+                        .as_ref()
+                        .filter(|m| *m.get_ref().mode.get_ref() != file::MtlsMode::Off)
+                        .map(|c| c.span()),
+                    "mutual_tls",
+                ),
             ] {
                 if let Some(span) = span {
                     cx.err(span, format!("{key} is only valid on https listeners"));
@@ -155,8 +175,137 @@ fn tls(cx: &mut Ctx<'_>, name: &str, l: &file::Listener) -> Option<ListenerTls> 
         None => names.first()?.clone(),
     };
     let alpn = l.alpn.as_ref().map_or_else(|| DEFAULT_ALPN.map(String::from).to_vec(), |a| a.get_ref().clone());
-    let t = ListenerTls { names: names.clone(), default, alpn, span: list.span() };
+    let mtls = l.mutual_tls.as_ref().and_then(|m| mutual_tls(cx, name, m));
+    let t = ListenerTls { names: names.clone(), default, alpn, span: list.span(), mtls };
     cx.clean_since(mark).then_some(t)
+}
+
+/// Checks `mutual_tls` and loads its trust store and CRLs (None: off, or an error reported).
+fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>) -> Option<MtlsDef> {
+    let mark = cx.mark();
+    let span = m.span();
+    let m = m.get_ref();
+    let mode = match m.mode.get_ref() {
+        file::MtlsMode::Off => return None,
+        file::MtlsMode::Verify => mtls::Mode::Verify,
+        file::MtlsMode::Passthrough => mtls::Mode::Passthrough,
+    };
+    let what = format!("listener {name:?}: mutual_tls");
+    if mode == mtls::Mode::Passthrough {
+        let unused = [
+            (m.trust_store.as_ref().map(|t| t.span()), "trust_store"),
+            (m.crl.as_ref().map(|t| t.span()), "crl"),
+            (m.ignore_client_certificate_expiry.as_ref().map(|t| t.span()), "ignore_client_certificate_expiry"),
+            (m.advertise_ca_names.as_ref().map(|t| t.span()), "advertise_ca_names"),
+        ];
+        for (at, key) in unused {
+            if let Some(at) = at {
+                cx.err(at, format!("{what}: {key} is for mode = \"verify\" (passthrough verifies nothing)"));
+            }
+        }
+    }
+    let mut trust = Vec::new();
+    if mode == mtls::Mode::Verify {
+        match &m.trust_store {
+            None => cx.err(span.clone(), format!("{what}: mode = \"verify\" needs trust_store = \"ca-bundle.pem\"")),
+            Some(t) => match trust_store(&cx.path(t.get_ref())) {
+                Ok((certs, warnings)) => {
+                    for w in warnings {
+                        cx.warn(t.span(), format!("{what}: {w}"));
+                    }
+                    trust = certs;
+                }
+                Err(e) => cx.err(t.span(), format!("{what}: {e}")),
+            },
+        }
+    }
+    let mut crls = Vec::new();
+    if let (Some(list), mtls::Mode::Verify) = (&m.crl, mode) {
+        for f in list.get_ref() {
+            match crl(&cx.path(f), &trust) {
+                Ok((mut c, warnings)) => {
+                    for w in warnings {
+                        cx.warn(list.span(), format!("{what}: {w}"));
+                    }
+                    crls.append(&mut c);
+                }
+                Err(e) => cx.err(list.span(), format!("{what}: {e}")),
+            }
+        }
+    }
+    let settings = mtls::Settings {
+        mode,
+        trust,
+        crls,
+        ignore_expiry: m.ignore_client_certificate_expiry.as_ref().is_some_and(|b| *b.get_ref()),
+        advertise_ca_names: m.advertise_ca_names.as_ref().is_none_or(|b| *b.get_ref()),
+    };
+    if !cx.clean_since(mark) {
+        return None;
+    }
+    if let Err(e) = mtls::verifier(&settings) {
+        cx.err(m.trust_store.as_ref().map_or(span.clone(), |t| t.span()), format!("{what}: {e}"));
+        return None;
+    }
+    Some(MtlsDef { settings, span })
+}
+
+/// The CA certificates of a trust store file, and warnings (a certificate that is not a CA, or
+/// has expired).
+fn trust_store(path: &std::path::Path) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), String> {
+    let certs = crate::tls::load::load_ca_bundle(path).map_err(|e| e.replace("CA file", "trust store"))?;
+    let mut warnings = Vec::new();
+    for (i, c) in certs.iter().enumerate() {
+        let (_, x) = X509Certificate::from_der(c)
+            .map_err(|e| format!("certificate {} of trust store {}: {e}", i + 1, path.display()))?;
+        let subject = x.subject().to_string();
+        if !x.is_ca() {
+            warnings.push(format!("{subject:?} in {} is not a CA certificate", path.display()));
+        }
+        if x.validity().not_after.timestamp() < now_unix() {
+            warnings.push(format!("CA certificate {subject:?} in {} has expired", path.display()));
+        }
+    }
+    Ok((certs, warnings))
+}
+
+/// The revocation lists of a CRL file (PEM blocks, or one DER list), and a warning for a list
+/// whose issuer is not in the trust store (it can revoke nothing).
+fn crl(
+    path: &std::path::Path,
+    trust: &[CertificateDer<'static>],
+) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<String>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read CRL file {}: {e}", path.display()))?;
+    let mut lists: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in CRL file {}: {e}", path.display()))?;
+    if lists.is_empty() {
+        if bytes.first() != Some(&0x30) {
+            return Err(format!("no X509 CRL block in {} (PEM or DER expected)", path.display()));
+        }
+        lists.push(CertificateRevocationListDer::from(bytes));
+    }
+    let subjects: Vec<Vec<u8>> = trust
+        .iter()
+        .filter_map(|c| X509Certificate::from_der(c).ok().map(|(_, x)| x.subject().as_raw().to_vec()))
+        .collect();
+    let mut warnings = Vec::new();
+    for l in &lists {
+        let (_, parsed) = CertificateRevocationList::from_der(l)
+            .map_err(|e| format!("cannot parse CRL file {}: {e}", path.display()))?;
+        if !subjects.iter().any(|s| s == parsed.issuer().as_raw()) {
+            warnings.push(format!(
+                "the CRL in {} is issued by {:?}, which is not in the trust store: it revokes nothing",
+                path.display(),
+                parsed.issuer().to_string()
+            ));
+        }
+    }
+    Ok((lists, warnings))
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl From<file::ListenerProtocol> for ListenerProtocol {

@@ -452,6 +452,7 @@ fn build(
                 router: Router::new(rules, Routed { action: default, request: None, response: response(None) }),
                 response_edits: listener_edits,
                 tls: lp.tls,
+                mtls: l.tls.as_ref().and_then(|t| t.mtls.as_ref()).map(|m| m.settings.mode),
                 max_request_body: l.max_request_body,
             })
         })
@@ -619,6 +620,91 @@ targets = ["127.0.0.1"]
                 "t.toml:22:12: bad target address",
             ],
         );
+    }
+
+    #[test]
+    fn mutual_tls_is_checked_at_its_keys() {
+        let text = r#"
+[[certificates]]
+name = "c"
+cert = "/nonexistent/c.crt"
+key = "/nonexistent/c.key"
+
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:1"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = { mode = "verify" }
+
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:2"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = { mode = "verify", trust_store = "/nonexistent/ca.pem", crl = ["/nonexistent/x.crl"] }
+
+[[listeners]]
+name = "p"
+bind = "127.0.0.1:3"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = { mode = "passthrough", trust_store = "ca.pem" }
+
+[[listeners]]
+name = "h"
+bind = "127.0.0.1:4"
+mutual_tls = { mode = "verify", trust_store = "ca.pem" }
+
+[[listeners]]
+name = "m"
+bind = "127.0.0.1:5"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = { mode = "sometimes" }
+"#;
+        assert_errors(
+            text,
+            &[
+                "t.toml:4:8: certificate \"c\": cannot read certificate file",
+                "t.toml:12:14: listener \"a\": mutual_tls: mode = \"verify\" needs trust_store",
+                "t.toml:19:47: listener \"b\": mutual_tls: cannot read trust store /nonexistent/ca.pem",
+                "t.toml:19:76: listener \"b\": mutual_tls: cannot read CRL file /nonexistent/x.crl",
+                "t.toml:26:52: listener \"p\": mutual_tls: trust_store is for mode = \"verify\"",
+                "t.toml:31:14: mutual_tls is only valid on https listeners",
+                "t.toml:38:23: unknown variant `sometimes`, expected one of `off`, `verify`, `passthrough`",
+            ],
+        );
+        // Files that are not what they should be.
+        let dir = std::env::temp_dir().join(format!("pilotfish-mtls-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), "hello").unwrap();
+        std::fs::write(dir.join("x.crl"), "junk").unwrap();
+        let text = format!(
+            r#"
+[[certificates]]
+name = "c"
+cert = "/nonexistent/c.crt"
+key = "/nonexistent/c.key"
+
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:2"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = {{ mode = "verify", trust_store = "{0}/ca.pem", crl = ["{0}/x.crl"] }}
+"#,
+            dir.display()
+        );
+        assert_errors(
+            &text,
+            &[
+                "t.toml:4:8: certificate \"c\": cannot read certificate file",
+                "t.toml:12:47: listener \"b\": mutual_tls: no CERTIFICATE block in trust store",
+                "t.toml:12:",
+            ],
+        );
+        assert!(errors(&text).iter().any(|e| e.contains("no X509 CRL block in")), "{:?}", errors(&text));
     }
 
     #[test]

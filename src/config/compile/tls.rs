@@ -136,7 +136,17 @@ pub(super) fn listener_config(
     for n in &t.names {
         store.add(&certs.get(n)?.loaded);
     }
-    match crate::tls::server_config(store, &t.alpn) {
+    let client_auth = match &t.mtls {
+        Some(m) => match crate::tls::mtls::verifier(&m.settings) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                cx.err(m.span.clone(), format!("listener {name:?}: mutual_tls: {e}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    match crate::tls::server_config(store, &t.alpn, client_auth) {
         Ok(c) => Some(c),
         Err(e) => {
             cx.err(t.span.clone(), format!("listener {name:?}: TLS: {e}"));

@@ -223,6 +223,9 @@ pub fn request_head<'a>(out: &mut impl Sink<'a>, data: &'a [u8], head: &RequestH
     out.put(b"x-forwarded-port: ");
     out.put(add.client.port_text());
     out.put(b"\r\n");
+    if let Some(c) = &add.client.cert {
+        out.put(&c.lines);
+    }
     if let Some(id) = add.request_id {
         out.put(b"x-request-id: ");
         out.put(id);

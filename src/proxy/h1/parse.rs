@@ -77,6 +77,8 @@ pub enum Kind {
     Expect,
     ContentType,
     UserAgent,
+    /// `X-Amzn-Mtls-*`: set by pilotfish from the TLS handshake, never taken from a client.
+    XAmznMtls,
     Other,
 }
 
@@ -104,6 +106,7 @@ impl Kind {
             (17, b'x') if is("x-forwarded-proto") => Kind::XForwardedProto,
             (18, b'p') if is("proxy-authenticate") => Kind::ProxyAuthenticate,
             (19, b'p') if is("proxy-authorization") => Kind::ProxyAuthorization,
+            (13.., b'x') if crate::tls::mtls::is_mtls_header(name) => Kind::XAmznMtls,
             _ => Kind::Other,
         }
     }
@@ -662,7 +665,8 @@ fn check_request_fields(data: &[u8], head: &mut RequestHead) -> Result<(), HeadE
             | Kind::Trailer
             | Kind::XForwardedFor
             | Kind::XForwardedProto
-            | Kind::XForwardedPort => f.drop = true,
+            | Kind::XForwardedPort
+            | Kind::XAmznMtls => f.drop = true,
             Kind::Expect => head.expect_continue |= v.eq_ignore_ascii_case(b"100-continue"),
             Kind::XRequestId => head.request_id = head.request_id.or(Some(f.value)),
             Kind::UserAgent => head.user_agent = head.user_agent.or(Some(f.value)),
