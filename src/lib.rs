@@ -5,6 +5,7 @@
 //! [`balance`] do no I/O. [`server::Server`] wires the two runtimes together.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod balance;
 pub mod config;
 pub mod control;

@@ -379,6 +379,37 @@ pub struct Rule {
     pub response_headers: Option<Spanned<HeaderEdits>>,
     /// ALB's host-header-rewrite and url-rewrite, applied after matching.
     pub transforms: Option<Spanned<Transforms>>,
+    /// JSON Web Token verification before the rule's action.
+    pub jwt: Option<Spanned<Jwt>>,
+}
+
+/// `jwt = { issuer, jwks, audience, claims, header, ca, refresh, min_refresh }`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    pub issuer: Spanned<String>,
+    /// The HTTPS URL of the issuer's JSON Web Key Set.
+    pub jwks: Spanned<String>,
+    pub audience: Option<Spanned<Vec<String>>>,
+    /// Claims the token must carry: a string (the claim equals it) or a list (the claim, a
+    /// space-separated string or an array, holds every value).
+    pub claims: Option<Spanned<BTreeMap<String, ClaimValues>>>,
+    /// The request header that carries the token (default `authorization`, `Bearer ` prefix).
+    pub header: Option<Spanned<String>>,
+    /// PEM bundle to verify the JWKS endpoint with (default: the system's roots).
+    pub ca: Option<Spanned<String>>,
+    /// How often the key set is read again (default 10m).
+    pub refresh: Option<Spanned<Dur>>,
+    /// A token naming an unknown key reads the key set again at most this often (default 30s).
+    pub min_refresh: Option<Spanned<Dur>>,
+}
+
+/// A required claim: one string, or values that must all be present.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(untagged)]
+pub enum ClaimValues {
+    One(String),
+    All(Vec<String>),
 }
 
 /// `{ set = { name = value }, remove = [names] }`.

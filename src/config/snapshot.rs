@@ -285,6 +285,8 @@ pub struct Routed {
     pub request: Option<Arc<RequestRewrite>>,
     /// Response header edits: the listener's, then the rule's.
     pub response: Option<Arc<HeaderEdits>>,
+    /// The rule's token check, before its action.
+    pub jwt: Option<Arc<crate::auth::jwt::JwtCheck>>,
 }
 
 /// A compiled listener.
@@ -437,6 +439,8 @@ pub struct Snapshot {
     pub autoscaling: Vec<(Arc<str>, AutoscalingSpec)>,
     /// Every certificate, by name.
     pub certificates: Vec<CertificateInfo>,
+    /// The key sets rules verify tokens with.
+    pub jwks: Vec<Arc<crate::auth::jwks::KeySet>>,
     /// The active configuration for `GET /config` (paths, never key contents).
     pub json: serde_json::Value,
 }
@@ -464,6 +468,7 @@ impl Snapshot {
             cloudwatch: None,
             autoscaling: Vec::new(),
             certificates: Vec::new(),
+            jwks: Vec::new(),
             json,
         }
     }

@@ -166,6 +166,16 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 }
                 render_queues(&snap, &state.metrics, out);
                 super::certificates::render_expiry(&snap, out);
+                out.push_str("# HELP pilotfish_jwks_keys Verification keys held per JSON Web Key Set.\n# TYPE pilotfish_jwks_keys gauge\n");
+                for k in &snap.jwks {
+                    let _ = writeln!(out, "pilotfish_jwks_keys{{jwks=\"{}\"}} {}", esc(&k.source.url), k.status().0);
+                }
+                out.push_str("# HELP pilotfish_jwks_age_seconds Time since the key set was last read successfully (absent: never).\n# TYPE pilotfish_jwks_age_seconds gauge\n");
+                for k in &snap.jwks {
+                    if let Some(age) = k.status().1 {
+                        let _ = writeln!(out, "pilotfish_jwks_age_seconds{{jwks=\"{}\"}} {:.0}", esc(&k.source.url), age.as_secs_f64());
+                    }
+                }
             });
             reply(StatusCode::OK, "text/plain; version=0.0.4", text)
         }

@@ -48,7 +48,7 @@ fn totals(state: &SharedState) -> Totals {
         *t.lb.entry("RequestCount").or_default() += codes.total();
         if tg.is_empty() {
             // Answers before any rule (malformed, slow or oversized heads) come from the balancer.
-            let elb4: u64 = [400, 408, 413, 414, 431].iter().map(|&c| codes.get(c)).sum();
+            let elb4: u64 = [400, 401, 408, 413, 414, 431].iter().map(|&c| codes.get(c)).sum();
             *t.lb.entry("HTTPCode_ELB_4XX_Count").or_default() += elb4;
             continue;
         }
@@ -85,6 +85,8 @@ fn totals(state: &SharedState) -> Totals {
         *t.lb.entry("ClientTLSNegotiationErrorCount").or_default() += l.tls_handshake_errors.load(Ordering::Relaxed);
         *t.lb.entry("MutualTLSFailureCount").or_default() += l.mtls_failures_total();
     }
+    let jwt_refused: u64 = m.jwt_all().iter().map(|(_, s)| s.refused_total()).sum();
+    t.lb.insert("JWTValidationFailureCount", jwt_refused);
     t
 }
 

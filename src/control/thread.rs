@@ -76,6 +76,7 @@ async fn main(
     tokio::spawn(super::cloudwatch::run(control.state.clone()));
     tokio::spawn(super::autoscale::supervise(control.state.clone()));
     tokio::spawn(super::certificates::run(control.clone()));
+    tokio::spawn(crate::auth::jwks::run(control.state.clone()));
     if let Some(every) = poll.filter(|d| !d.is_zero()) {
         tokio::spawn(super::source::poll(control.clone(), control.source.clone(), every));
     }

@@ -32,6 +32,8 @@ pub struct Answer {
     pub grpc: Option<(u8, &'static str)>,
     /// The listener's and the rule's response header edits.
     pub headers: Option<Arc<HeaderEdits>>,
+    /// `WWW-Authenticate`, for a 401.
+    pub challenge: Option<&'static str>,
 }
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -49,6 +51,7 @@ impl Answer {
             location: None,
             grpc: None,
             headers: None,
+            challenge: None,
         };
         if grpc {
             a.grpc = Some(grpc_status(status));
@@ -70,6 +73,7 @@ impl Answer {
             location: None,
             grpc: None,
             headers: None,
+            challenge: None,
         }
     }
 
@@ -85,9 +89,32 @@ impl Answer {
                 location: Some(v),
                 grpc: None,
                 headers: None,
+                challenge: None,
             },
             Err(_) => Answer::error(&ProxyError::BadRequest("cannot_build_redirect"), false),
         }
+    }
+
+    /// 401 for a request whose token a rule's `jwt` refused (`Unauthenticated` for gRPC).
+    pub fn unauthorized(reason: crate::auth::jwt::Reason, grpc: bool) -> Answer {
+        let mut a = Answer {
+            status: StatusCode::UNAUTHORIZED,
+            close: false,
+            reason: Some(reason.log_error()),
+            content_type: TEXT,
+            body: Bytes::from_static(b"401 Unauthorized\n"),
+            location: None,
+            grpc: None,
+            headers: None,
+            challenge: Some(reason.challenge()),
+        };
+        if grpc {
+            a.grpc = Some((16, "the request's token was refused"));
+            a.status = StatusCode::OK;
+            a.content_type = HeaderValue::from_static("application/grpc");
+            a.body = Bytes::new();
+        }
+        a
     }
 
     /// The answer with the response header edits of its listener and rule.
@@ -133,6 +160,11 @@ impl Answer {
             out.extend_from_slice(l.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        if let Some(c) = self.challenge {
+            out.extend_from_slice(b"www-authenticate: ");
+            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         if let Some((code, message)) = self.grpc {
             out.extend_from_slice(b"grpc-status: ");
             out.extend_from_slice(itoa(usize::from(code)).as_bytes());
@@ -157,6 +189,9 @@ impl Answer {
         h.insert(header::CONTENT_TYPE, self.content_type);
         if let Some(l) = self.location {
             h.insert(header::LOCATION, l);
+        }
+        if let Some(c) = self.challenge {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         if let Some((code, message)) = self.grpc {
             h.insert("grpc-status", HeaderValue::from(u16::from(code)));

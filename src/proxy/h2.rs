@@ -149,7 +149,21 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         log.with(|r| r.rule = rule);
         let routed = route.action;
         edits.clone_from(&routed.response);
+        // The rule's token check comes before its action.
+        let refused = match routed.jwt.as_deref() {
+            Some(jwt) => {
+                let value = req.headers().get(&jwt.header).and_then(|v| v.to_str().ok());
+                let verdict = Box::pin(jwt.check(value)).await;
+                log.with(|r| r.auth.jwt = Some(verdict.map_or_else(|e| e.as_str(), |()| "valid")));
+                verdict.err()
+            }
+            None => None,
+        };
         match &routed.action {
+            _ if refused.is_some() => {
+                let reason = refused.unwrap_or(crate::auth::jwt::Reason::Missing);
+                answered(Answer::unauthorized(reason, grpc), &listener.stats, &listener.own_codes, None, &mut log)
+            }
             Action::Fixed(f) => answered(Answer::fixed(&f.response), &listener.stats, &f.codes, None, &mut log),
             Action::Redirect(rd) => {
                 let loc = redirect_location(&rd.to, &ctx.client, &host, req.uri().path(), req.uri().query());

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::auth::jwt::{JwtStats, Reason};
 use crate::shard::{Counter, Sharded};
 use crate::tls::mtls::Failure;
 
@@ -172,6 +173,21 @@ pub struct Metrics {
     pub reloads_failure: AtomicU64,
     pub generation: AtomicU64,
     pub access_log_dropped: AtomicU64,
+    jwt: DashMap<Arc<str>, Arc<JwtStats>>,
+    jwks: Arc<JwksStats>,
+}
+
+/// Key set fetches by URL and result (control plane and, on an unknown key, the data plane).
+#[derive(Debug, Default)]
+pub struct JwksStats {
+    fetches: DashMap<(Arc<str>, bool), AtomicU64>,
+}
+
+impl JwksStats {
+    /// Counts one fetch of `url`.
+    pub fn count(&self, url: &str, ok: bool) {
+        self.fetches.entry((url.into(), ok)).or_default().fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -239,6 +255,21 @@ impl Metrics {
     /// `error`).
     pub fn config_source_check(&self, result: &'static str) {
         self.config_source_checks.entry(result).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The token check counters of rule `rule` (kept across reloads).
+    pub fn jwt(&self, rule: &str) -> Arc<JwtStats> {
+        self.jwt.entry(rule.into()).or_default().clone()
+    }
+
+    /// Every rule's token check counters.
+    pub fn jwt_all(&self) -> Vec<(Arc<str>, Arc<JwtStats>)> {
+        self.jwt.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
+    /// The key set fetch counters.
+    pub fn jwks_stats(&self) -> Arc<JwksStats> {
+        self.jwks.clone()
     }
 
     /// Renders everything in the Prometheus text format (0.0.4).
@@ -314,6 +345,25 @@ impl Metrics {
                     );
                 }
             }
+        }
+        out.push_str("# HELP pilotfish_jwt_checks_total Token checks of rules with jwt, by result (valid, or why the request got 401).\n# TYPE pilotfish_jwt_checks_total counter\n");
+        let mut jw = self.jwt_all();
+        jw.sort_by(|a, b| a.0.cmp(&b.0));
+        for (rule, s) in &jw {
+            let valid = s.valid.load(Ordering::Relaxed);
+            let rows = std::iter::once(("valid", valid))
+                .chain(Reason::ALL.iter().zip(&s.refused).map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed))));
+            for (result, n) in rows.filter(|(r, n)| *n > 0 || *r == "valid") {
+                let _ = writeln!(out, "pilotfish_jwt_checks_total{{rule=\"{}\",result=\"{result}\"}} {n}", esc(rule));
+            }
+        }
+        out.push_str("# HELP pilotfish_jwks_fetches_total Reads of JSON Web Key Sets, by result (a failed one keeps the last good keys).\n# TYPE pilotfish_jwks_fetches_total counter\n");
+        let mut jf: Vec<_> =
+            self.jwks.fetches.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
+        jf.sort();
+        for ((url, ok), n) in jf {
+            let result = if ok { "success" } else { "error" };
+            let _ = writeln!(out, "pilotfish_jwks_fetches_total{{jwks=\"{}\",result=\"{result}\"}} {n}", esc(&url));
         }
         out.push_str("# HELP pilotfish_target_response_seconds Time from forwarding to the target's response head.\n# TYPE pilotfish_target_response_seconds histogram\n");
         let mut tr: Vec<_> = self.target_response.iter().map(|e| (e.key().clone(), e.value().clone())).collect();

@@ -15,6 +15,7 @@
 //! an element declares counts as known even when that element has errors (or could not be read at
 //! all: [`file::FileConfig::unreadable`]), so one mistake is reported once.
 
+mod jwt;
 mod listener;
 mod rewrite;
 mod rule;
@@ -36,6 +37,8 @@ use super::file::{self, FileConfig, Forward};
 use super::material::Material;
 use super::snapshot::*;
 use super::{Diagnostics, Severity, SourceMap};
+use crate::auth::jwks::KeySet;
+use crate::auth::jwt::JwtCheck;
 use crate::balance::sticky::{CookieSealer, GroupStickiness, Stickiness};
 use crate::balance::TargetGroup;
 use crate::routing::rewrite::HeaderEdits;
@@ -404,6 +407,40 @@ fn build(
         })
         .collect();
 
+    // Each rule's token check, once for all its listeners; key sets are shared by the rules that
+    // name the same one, and taken over from the running configuration.
+    let mut key_sets: Vec<Arc<KeySet>> = Vec::new();
+    let previous_sets = input.previous.map_or(&[][..], |p| &p.jwks[..]);
+    let jwt_checks: Vec<Option<Arc<JwtCheck>>> = plan
+        .rules
+        .iter()
+        .map(|r| {
+            let d = r.def.jwt.as_ref()?;
+            let keys = match key_sets.iter().find(|k| k.source == d.source) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = match KeySet::reuse(previous_sets, &d.source) {
+                        Some(k) => {
+                            k.set_tls(d.tls.clone());
+                            k
+                        }
+                        None => Arc::new(KeySet::new(d.source.clone(), d.tls.clone(), Some(metrics.jwks_stats()))),
+                    };
+                    key_sets.push(k.clone());
+                    k
+                }
+            };
+            Some(Arc::new(JwtCheck {
+                issuer: d.issuer.clone(),
+                audience: d.audience.clone(),
+                claims: d.claims.clone(),
+                header: d.header.clone(),
+                keys,
+                stats: metrics.jwt(&r.def.name),
+            }))
+        })
+        .collect();
+
     let listeners: Vec<Arc<ListenerConfig>> = plan
         .listeners
         .into_iter()
@@ -419,8 +456,9 @@ fn build(
             let rules = plan
                 .rules
                 .iter()
-                .filter(|r| r.listeners.contains(&i))
-                .map(|r| Rule {
+                .enumerate()
+                .filter(|(_, r)| r.listeners.contains(&i))
+                .map(|(ri, r)| Rule {
                     name: r.def.name.clone(),
                     priority: r.def.priority,
                     conditions: r.def.conditions.clone(),
@@ -428,6 +466,7 @@ fn build(
                         action: action(metrics, &l.name, &upstreams, &r.def.action, &r.arms, &sealer),
                         request: r.def.request.clone().map(Arc::new),
                         response: response(r.def.response.as_ref()),
+                        jwt: jwt_checks[ri].clone(),
                     },
                 })
                 .collect();
@@ -449,7 +488,10 @@ fn build(
                 bind: l.bind,
                 bind_at: Some(l.bind_at),
                 protocol: l.protocol,
-                router: Router::new(rules, Routed { action: default, request: None, response: response(None) }),
+                router: Router::new(
+                    rules,
+                    Routed { action: default, request: None, response: response(None), jwt: None },
+                ),
                 response_edits: listener_edits,
                 tls: lp.tls,
                 mtls: l.tls.as_ref().and_then(|t| t.mtls.as_ref()).map(|m| m.settings.mode),
@@ -462,6 +504,7 @@ fn build(
     upstreams.sort_by(|a, b| a.group.name.cmp(&b.group.name));
     let json = describe(cfg, &server, input.generation);
     let mut snap = Snapshot::new(input.generation, server, sections.access_log, listeners, upstreams, json);
+    snap.jwks = key_sets;
     snap.aws = sections.aws;
     snap.cloudwatch = sections.cloudwatch;
     snap.autoscaling = autoscaling;
@@ -705,6 +748,52 @@ mutual_tls = {{ mode = "verify", trust_store = "{0}/ca.pem", crl = ["{0}/x.crl"]
             ],
         );
         assert!(errors(&text).iter().any(|e| e.contains("no X509 CRL block in")), "{:?}", errors(&text));
+    }
+
+    #[test]
+    fn jwt_is_checked_at_its_keys() {
+        let text = r#"
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[rules]]
+name = "a"
+listeners = ["web"]
+priority = 1
+path = ["/a"]
+jwt = { issuer = "", jwks = "http://idp.test/jwks.json", audience = [], claims = { exp = "1", scope = ["a b"] }, header = "bad header" }
+fixed_response = { status = 200 }
+
+[[rules]]
+name = "b"
+listeners = ["web"]
+priority = 2
+path = ["/b"]
+jwt = { issuer = "https://idp.test/", jwks = "https://idp.test/jwks.json", ca = "/nonexistent/ca.pem", refresh = "10s", min_refresh = "1m" }
+fixed_response = { status = 200 }
+
+[[rules]]
+name = "c"
+listeners = ["web"]
+priority = 3
+path = ["/c"]
+jwt = { issuer = "https://idp.test/", jwks = "https://idp.test/jwks.json", claims = { tenant = "acme" }, refresh = "5m" }
+fixed_response = { status = 200 }
+"#;
+        assert_errors(
+            text,
+            &[
+                "t.toml:11:18: rule \"a\": jwt: issuer must be 1..=2048 characters",
+                "t.toml:11:29: rule \"a\": jwt: jwks must be an https:// URL",
+                "t.toml:11:69: rule \"a\": jwt: audience lists no value",
+                "t.toml:11:82: rule \"a\": jwt: claim \"exp\" is always checked",
+                "t.toml:11:82: rule \"a\": jwt: claim \"scope\": value \"a b\" has a space",
+                "t.toml:11:123: rule \"a\": jwt: bad header name \"bad header\"",
+                "t.toml:19:135: rule \"b\": jwt: min_refresh is longer than refresh",
+                "t.toml:19:81: rule \"b\": jwt: cannot read CA file /nonexistent/ca.pem",
+            ],
+        );
     }
 
     #[test]

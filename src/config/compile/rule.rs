@@ -36,6 +36,8 @@ pub(super) struct RuleDef {
     pub request: Option<RequestRewrite>,
     /// `response_headers`.
     pub response: Option<HeaderEdits>,
+    /// `jwt`: the token check before the action.
+    pub jwt: Option<super::jwt::JwtDef>,
 }
 
 /// A checked action. A forward's target groups are references, resolved from its `forward` key.
@@ -95,8 +97,16 @@ fn compile(cx: &mut Ctx<'_>, r: &file::Rule) -> Option<RuleDef> {
         .response_headers
         .as_ref()
         .and_then(|e| rewrite::header_edits(cx, e, Side::Response, &format!("{owner}: response_headers")));
-    let def =
-        RuleDef { name: name.as_str().into(), priority, conditions: conditions?, action: action?, request, response };
+    let jwt = r.jwt.as_ref().and_then(|j| super::jwt::compile(cx, name, j));
+    let def = RuleDef {
+        name: name.as_str().into(),
+        priority,
+        conditions: conditions?,
+        action: action?,
+        request,
+        response,
+        jwt,
+    };
     cx.clean_since(mark).then_some(def)
 }
 

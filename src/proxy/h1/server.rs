@@ -240,7 +240,29 @@ async fn exchange<S: ClientIo>(
     let routed = route.action;
     let edits = || routed.response.clone();
     let too_large = listener.max_request_body.is_some_and(|max| matches!(head.body, BodyLen::Length(n) if n > max));
+    // The rule's token check comes before its action (boxed: most rules have none).
+    let refused = match routed.jwt.as_deref() {
+        Some(jwt) if !too_large => {
+            let name = jwt.header.as_str().as_bytes();
+            let value = head
+                .fields
+                .all()
+                .iter()
+                .find(|f| f.name.of(data).eq_ignore_ascii_case(name))
+                .and_then(|f| std::str::from_utf8(f.value.of(data)).ok());
+            let verdict = Box::pin(jwt.check(value)).await;
+            log.with(|r| r.auth.jwt = Some(verdict.map_or_else(|e| e.as_str(), |()| "valid")));
+            verdict.err()
+        }
+        _ => None,
+    };
     let next = match &routed.action {
+        _ if refused.is_some() => {
+            let reason = refused.unwrap_or(crate::auth::jwt::Reason::Missing);
+            let a = Answer::unauthorized(reason, head.grpc).with_headers(edits());
+            count_answer(&a, &listener.own_codes, None);
+            respond(io, &mut rbuf, &head, ctx, a, log, timer).await
+        }
         _ if too_large => {
             let a = Answer::error(&ProxyError::PayloadTooLarge, head.grpc).with_headers(edits());
             count_answer(&a, &listener.own_codes, None);
