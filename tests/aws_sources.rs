@@ -454,3 +454,101 @@ async fn the_readme_examples_that_read_aws_pass_check_against_what_they_name() {
         assert!(said.contains("OK"), "{said}");
     }
 }
+
+/// A client presenting `client` (trusting `server_ca`) gets 200 on a new connection to `addr`.
+async fn client_served(addr: std::net::SocketAddr, server_ca: &str, client: &t::Pem) -> bool {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(server_ca.as_bytes()).unwrap()).unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap();
+    let mut cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    match t::connect(addr, Some("api.test"), std::sync::Arc::new(cfg)).await {
+        Ok(mut s) => request_ok(&mut s, "api.test").await,
+        Err(_) => false,
+    }
+}
+
+fn serial(pem: &t::Pem) -> Vec<u8> {
+    use x509_parser::prelude::FromDer;
+    let der = pem.der();
+    let (_, x) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+    x.raw_serial().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_store_in_s3_and_a_crl_in_parameter_store_verify_clients_and_refresh() {
+    let moto = Moto::start().await;
+    let cfg = sdk(&moto).await;
+    let dir = tmp("trust");
+    let server_ca = Ca::new("server CA");
+    let (c, k) = server_ca.issue(&["api.test"], &ECDSA).write(&dir, "api");
+    let (old_ca, new_ca) = (Ca::new("clients CA 1"), Ca::new("clients CA 2"));
+    let (good, revoked) = (old_ca.issue(&["good.client"], &ECDSA), old_ca.issue(&["revoked.client"], &ECDSA));
+    let next = new_ca.issue(&["next.client"], &ECDSA);
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build());
+    s3.create_bucket().bucket("trust").send().await.unwrap();
+    let put = |body: String| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object().bucket("trust").key("clients.pem").body(body.into_bytes().into()).send().await.unwrap();
+        }
+    };
+    put(old_ca.pem.clone()).await;
+    put_parameter(&cfg, "/edge/clients.crl", &old_ca.crl_pem_revoking(&[serial(&revoked)]), false).await;
+    let text = format!(
+        r#"[server]
+admin_bind = "127.0.0.1:0"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{}"
+
+[[certificates]]
+name = "api"
+cert = "{c}"
+key = "{k}"
+
+[[listeners]]
+name = "https"
+bind = "127.0.0.1:0"
+protocol = "https"
+certificates = ["api"]
+mutual_tls = {{ mode = "verify", trust_store = {{ s3 = "s3://trust/clients.pem" }}, crl = [{{ ssm = "/edge/clients.crl" }}], refresh = "1s" }}
+default_action = {{ fixed_response = {{ status = 200, body = "ok" }} }}
+"#,
+        moto.endpoint()
+    );
+    let server = start(text).unwrap();
+    let addr = server.listener_addr("https").unwrap();
+    assert!(client_served(addr, &server_ca.pem, &good).await, "a client of the CA kept in S3 is served");
+    assert!(!client_served(addr, &server_ca.pem, &revoked).await, "the CRL kept in Parameter Store revokes");
+    assert!(!client_served(addr, &server_ca.pem, &next).await);
+
+    // The bundle in S3 changes: after a refresh the new CA is trusted, the old one no longer.
+    put(new_ca.pem.clone()).await;
+    let refreshed = poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        let (pem, next) = (server_ca.pem.clone(), &next);
+        async move { client_served(addr, &pem, next).await }
+    })
+    .await;
+    assert!(refreshed, "the trust store is read again every refresh");
+    assert!(!client_served(addr, &server_ca.pem, &good).await, "the old CA left the trust store");
+
+    // AWS goes away: the failed reads are counted, and the trust store in force keeps verifying.
+    let mut moto = moto;
+    moto.stop();
+    let admin = server.admin_addr();
+    let counted = wait_metrics_at(admin, Duration::from_secs(60), |m| {
+        m.contains("pilotfish_trust_store_refresh_errors_total{source=\"S3 object s3://trust/clients.pem\"}")
+    })
+    .await;
+    assert!(counted, "the failed refresh is counted");
+    assert!(client_served(addr, &server_ca.pem, &next).await, "the last good trust store keeps verifying");
+}

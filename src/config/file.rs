@@ -252,11 +252,36 @@ pub struct Listener {
 pub struct MutualTls {
     pub mode: Spanned<MtlsMode>,
     /// PEM bundle of the CAs (roots and intermediates) client certificates must chain to.
-    pub trust_store: Option<Spanned<String>>,
-    /// Certificate revocation lists (PEM or DER files).
-    pub crl: Option<Spanned<Vec<String>>>,
+    pub trust_store: Option<Spanned<Blob>>,
+    /// Certificate revocation lists (PEM or DER).
+    pub crl: Option<Spanned<Vec<Blob>>>,
     pub ignore_client_certificate_expiry: Option<Spanned<bool>>,
     pub advertise_ca_names: Option<Spanned<bool>>,
+    /// How often a trust store or CRL kept in AWS is read again (default 1h).
+    pub refresh: Option<Spanned<Dur>>,
+}
+
+/// Bytes from a file (a path), or kept in AWS: `{ s3 = "s3://BUCKET/KEY" }`, `{ ssm = "/name" }`
+/// or `{ secrets_manager = "name", field = "key" }` (field optional).
+#[derive(Debug, Deserialize, Serialize, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Blob {
+    Path(String),
+    Aws(AwsBlob),
+}
+
+/// Where AWS keeps a [`Blob`].
+#[derive(Debug, Deserialize, Serialize, Clone, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsBlob {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_manager: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// ALB's mutual authentication modes.

@@ -33,11 +33,19 @@ impl fmt::Display for AwsCertificate {
     }
 }
 
-/// A secret kept in AWS.
+/// A secret (or other bytes: a trust store, a CRL) kept in AWS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AwsSecret {
     Ssm(String),
-    SecretsManager { secret: String, field: Option<String> },
+    SecretsManager {
+        secret: String,
+        field: Option<String>,
+    },
+    /// An S3 object (ALB keeps trust stores and CRLs there).
+    S3 {
+        bucket: String,
+        key: String,
+    },
 }
 
 impl fmt::Display for AwsSecret {
@@ -48,6 +56,7 @@ impl fmt::Display for AwsSecret {
                 write!(f, "Secrets Manager secret {secret} field {k:?}")
             }
             AwsSecret::SecretsManager { secret, field: None } => write!(f, "Secrets Manager secret {secret}"),
+            AwsSecret::S3 { bucket, key } => write!(f, "S3 object s3://{bucket}/{key}"),
         }
     }
 }
@@ -138,11 +147,22 @@ pub fn wanted_of(cfg: &FileConfig) -> Wanted {
             aws_certificate(c).map(|a| (c.name.get_ref().clone(), a))
         })
         .collect();
-    let secrets = [&cfg.server.admin_token, &cfg.server.cookie_key]
+    let mut secrets: Vec<AwsSecret> = [&cfg.server.admin_token, &cfg.server.cookie_key]
         .into_iter()
         .flatten()
         .filter_map(|r| aws_secret(r.get_ref()))
         .collect();
+    for m in cfg.listeners.iter().filter_map(|l| l.get_ref().mutual_tls.as_ref()) {
+        let m = m.get_ref();
+        let crls = m.crl.iter().flat_map(|c| c.get_ref().iter());
+        for b in m.trust_store.iter().map(|t| t.get_ref()).chain(crls) {
+            if let Ok(Some(src)) = aws_blob(b) {
+                if !secrets.contains(&src) {
+                    secrets.push(src);
+                }
+            }
+        }
+    }
     Wanted { aws, certificates, secrets }
 }
 
@@ -168,6 +188,30 @@ pub fn aws_certificate(c: &file::Certificate) -> Option<AwsCertificate> {
             key_field: s.key_field.clone(),
         }
     })
+}
+
+/// The AWS source of `b` (None: a file), or why it names none.
+pub fn aws_blob(b: &file::Blob) -> Result<Option<AwsSecret>, String> {
+    let file::Blob::Aws(a) = b else { return Ok(None) };
+    let given = [a.s3.is_some(), a.ssm.is_some(), a.secrets_manager.is_some()].iter().filter(|x| **x).count();
+    if given != 1 {
+        return Err("give a file path, or exactly one of s3, ssm or secrets_manager (+ field)".into());
+    }
+    if a.field.is_some() && a.secrets_manager.is_none() {
+        return Err("field goes with secrets_manager".into());
+    }
+    if let Some(loc) = &a.s3 {
+        return match loc.strip_prefix("s3://").and_then(|r| r.split_once('/')) {
+            Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => {
+                Ok(Some(AwsSecret::S3 { bucket: bucket.into(), key: key.into() }))
+            }
+            _ => Err(format!("bad S3 location {loc:?}: expected s3://BUCKET/KEY")),
+        };
+    }
+    if let Some(n) = &a.ssm {
+        return Ok(Some(AwsSecret::Ssm(n.clone())));
+    }
+    Ok(a.secrets_manager.as_ref().map(|s| AwsSecret::SecretsManager { secret: s.clone(), field: a.field.clone() }))
 }
 
 /// The AWS source of secret reference `r`, when it has exactly one source and that is AWS.

@@ -441,6 +441,8 @@ pub struct Snapshot {
     pub certificates: Vec<CertificateInfo>,
     /// The key sets rules verify tokens with.
     pub jwks: Vec<Arc<crate::auth::jwks::KeySet>>,
+    /// Trust stores and CRLs kept in AWS, and how often each is read again.
+    pub trust_sources: Vec<(crate::config::material::AwsSecret, Duration)>,
     /// The active configuration for `GET /config` (paths, never key contents).
     pub json: serde_json::Value,
 }
@@ -469,6 +471,7 @@ impl Snapshot {
             autoscaling: Vec::new(),
             certificates: Vec::new(),
             jwks: Vec::new(),
+            trust_sources: Vec::new(),
             json,
         }
     }

@@ -1,5 +1,6 @@
 //! The certificate refresh task: every certificate read from AWS is read again each `refresh`
-//! (default 1h) and on every reload; a renewed one is served to new handshakes without a
+//! (default 1h) and on every reload, and so is every trust store and CRL kept in AWS (mutual
+//! TLS); a renewed one is served to new handshakes without a
 //! restart ([`super::Control::refresh_certificates`]). Its time left is
 //! `pilotfish_certificate_expiry_seconds{certificate}` (every certificate, files too).
 
@@ -11,26 +12,42 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 
 use super::Control;
+use crate::config::material::AwsSecret;
 use crate::config::Snapshot;
 use crate::telemetry::metrics::esc;
 
-/// Refreshes the AWS-sourced certificates of the snapshot in force until the runtime stops.
+/// What the refresh task reads again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Item {
+    Certificate(Arc<str>),
+    /// A trust store or CRL.
+    Trust(AwsSecret),
+}
+
+/// Refreshes the AWS-sourced certificates, trust stores and CRLs of the snapshot in force until
+/// the runtime stops.
 pub async fn run(control: Arc<Control>) {
     let mut published = control.state.generation_watch();
-    // When each certificate was last read: a new snapshot (a reload, which reads them all, or
-    // a refresh) starts every clock again.
-    let mut last: HashMap<Arc<str>, Instant> = HashMap::new();
+    // When each item was last read: a new snapshot (a reload, which reads them all, or a
+    // refresh) starts every clock again.
+    let mut last: HashMap<Item, Instant> = HashMap::new();
     let mut generation = 0;
     loop {
         let snap = control.state.load();
         if snap.generation != generation {
             generation = snap.generation;
             let now = Instant::now();
-            last = snap.certificates.iter().filter(|c| c.source.is_some()).map(|c| (c.name.clone(), now)).collect();
+            let certs =
+                snap.certificates.iter().filter(|c| c.source.is_some()).map(|c| Item::Certificate(c.name.clone()));
+            let trust = snap.trust_sources.iter().map(|(s, _)| Item::Trust(s.clone()));
+            last = certs.chain(trust).map(|i| (i, now)).collect();
         }
-        let due_at = |name: &Arc<str>| -> Option<Instant> {
-            let c = snap.certificates.iter().find(|c| &c.name == name)?;
-            Some(last.get(name).copied()? + c.refresh)
+        let due_at = |item: &Item| -> Option<Instant> {
+            let refresh = match item {
+                Item::Certificate(name) => snap.certificates.iter().find(|c| &c.name == name)?.refresh,
+                Item::Trust(src) => snap.trust_sources.iter().find(|(s, _)| s == src)?.1,
+            };
+            Some(last.get(item).copied()? + refresh)
         };
         let next = last.keys().filter_map(due_at).min();
         let Some(next) = next else {
@@ -50,11 +67,16 @@ pub async fn run(control: Arc<Control>) {
             }
         }
         let now = Instant::now();
-        let due: Vec<Arc<str>> = last.keys().filter(|n| due_at(n).is_some_and(|t| t <= now)).cloned().collect();
-        control.refresh_certificates(&due).await;
+        let due: Vec<Item> = last.keys().filter(|i| due_at(i).is_some_and(|t| t <= now)).cloned().collect();
+        let certs: Vec<Arc<str>> =
+            due.iter().filter_map(|i| if let Item::Certificate(n) = i { Some(n.clone()) } else { None }).collect();
+        let trust: Vec<AwsSecret> =
+            due.iter().filter_map(|i| if let Item::Trust(s) = i { Some(s.clone()) } else { None }).collect();
+        control.refresh_certificates(&certs).await;
+        control.refresh_trust(&trust).await;
         let now = Instant::now();
-        for n in due {
-            last.insert(n, now);
+        for i in due {
+            last.insert(i, now);
         }
     }
 }

@@ -45,6 +45,16 @@ impl Cache {
         self.certificates.get(src).cloned()
     }
 
+    /// The cached copy of secret `src`.
+    pub fn secret(&self, src: &AwsSecret) -> Option<Arc<SecretBytes>> {
+        self.secrets.get(src).cloned()
+    }
+
+    /// Records a good copy of secret `src`.
+    pub fn put_secret(&mut self, src: AwsSecret, b: Arc<SecretBytes>) {
+        self.secrets.insert(src, b);
+    }
+
     /// Records a good copy of `src`.
     pub fn put_certificate(&mut self, src: AwsCertificate, pem: Arc<CertificatePem>) {
         self.certificates.insert(src, pem);
@@ -56,6 +66,7 @@ pub struct Clients {
     acm: aws_sdk_acm::Client,
     ssm: aws_sdk_ssm::Client,
     secrets: aws_sdk_secretsmanager::Client,
+    s3: aws_sdk_s3::Client,
 }
 
 impl Clients {
@@ -65,6 +76,10 @@ impl Clients {
             acm: aws_sdk_acm::Client::new(&cfg),
             ssm: aws_sdk_ssm::Client::new(&cfg),
             secrets: aws_sdk_secretsmanager::Client::new(&cfg),
+            // A custom endpoint (an S3-compatible store, an emulator) is addressed by path.
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&cfg).force_path_style(aws.endpoint_url.is_some()).build(),
+            ),
         }
     }
 }
@@ -240,7 +255,8 @@ fn json_field(secret: &str, text: &str, field: &str) -> Result<String, AwsError>
     }
 }
 
-async fn secret(c: &Clients, src: &AwsSecret) -> Result<SecretBytes, AwsError> {
+/// Reads secret (or trust store, or CRL) `src`.
+pub async fn secret(c: &Clients, src: &AwsSecret) -> Result<SecretBytes, AwsError> {
     match src {
         AwsSecret::Ssm(name) => Ok(SecretBytes(ssm_parameter(&c.ssm, name).await?.0.into_bytes())),
         AwsSecret::SecretsManager { secret, field } => {
@@ -252,6 +268,16 @@ async fn secret(c: &Clients, src: &AwsSecret) -> Result<SecretBytes, AwsError> {
                 }
                 .into_bytes(),
             ))
+        }
+        AwsSecret::S3 { bucket, key } => {
+            let out =
+                c.s3.get_object().bucket(bucket).key(key).send().await.map_err(|e| AwsError::sdk("GetObject", e))?;
+            let body = out.body.collect().await.map_err(|e| AwsError {
+                operation: "GetObject",
+                code: "ReadFailed".into(),
+                message: e.to_string(),
+            })?;
+            Ok(SecretBytes(body.into_bytes().to_vec()))
         }
     }
 }

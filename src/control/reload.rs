@@ -215,6 +215,51 @@ impl Control {
         }
     }
 
+    /// Reads trust stores and CRLs kept in AWS (`srcs`) again; when one changed, rebuilds the
+    /// configuration in force with it (new handshakes verify against it). A failed read keeps
+    /// the copy in force (counted in `pilotfish_trust_store_refresh_errors_total`).
+    pub async fn refresh_trust(&self, srcs: &[material::AwsSecret]) {
+        if srcs.is_empty() {
+            return;
+        }
+        let InForce { doc, wanted, generation } = self.in_force();
+        let clients = Clients::new(&wanted.aws).await;
+        let mut changed = Vec::new();
+        for src in srcs {
+            let cached = self.cache.lock().expect("material cache").secret(src);
+            match fetch::secret(&clients, src).await {
+                Ok(b) if cached.as_deref() == Some(&b) => {}
+                Ok(b) => changed.push((src.clone(), Arc::new(b))),
+                Err(e) => {
+                    self.state.metrics.trust_store_refresh_error(&src.to_string());
+                    tracing::error!(source = %src, error = %e, "trust store refresh failed; the copy in force keeps verifying");
+                }
+            }
+        }
+        if changed.is_empty() || self.in_force.lock().expect("in force").generation != generation {
+            return;
+        }
+        let mut material = self.cache.lock().expect("material cache").material(&wanted);
+        for (src, b) in &changed {
+            material.secrets.insert(src.clone(), Fetched::Fresh(b.clone()));
+        }
+        let out = self.install(doc, wanted, material, Kind::Refresh);
+        if out.ok() {
+            let mut cache = self.cache.lock().expect("material cache");
+            for (src, b) in &changed {
+                cache.put_secret(src.clone(), b.clone());
+            }
+            tracing::info!(generation = out.generation, "trust stores refreshed");
+        } else {
+            for (src, _) in &changed {
+                self.state.metrics.trust_store_refresh_error(&src.to_string());
+            }
+            for e in &out.errors {
+                tracing::error!("trust store refresh rejected, the copy in force keeps verifying: {e}");
+            }
+        }
+    }
+
     /// Compiles `doc` with `material` and publishes it.
     fn install(&self, doc: Document, wanted: Wanted, material: Material, kind: Kind) -> ReloadOutcome {
         let prev = self.state.load();

@@ -163,6 +163,7 @@ pub struct Metrics {
     health_checks: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
     discovery_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
     certificate_refresh_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
+    trust_store_refresh_errors: DashMap<Arc<str>, Arc<AtomicU64>>,
     config_source_checks: DashMap<&'static str, Arc<AtomicU64>>,
     groups: DashMap<Arc<str>, Arc<GroupStats>>,
     autoscaling_desired: DashMap<Arc<str>, Arc<AtomicI64>>,
@@ -249,6 +250,11 @@ impl Metrics {
     /// Counts one failed fetch of certificate `name` from AWS (control plane).
     pub fn certificate_refresh_error(&self, name: &str) {
         self.certificate_refresh_errors.entry(name.into()).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one failed read of a trust store or CRL kept in AWS (`source` as messages name it).
+    pub fn trust_store_refresh_error(&self, source: &str) {
+        self.trust_store_refresh_errors.entry(source.into()).or_default().fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one check of the configuration's source by `--poll` (`unchanged`, `changed`,
@@ -400,6 +406,16 @@ impl Metrics {
         de.sort();
         for (tg, n) in de {
             let _ = writeln!(out, "pilotfish_discovery_errors_total{{target_group=\"{}\"}} {n}", esc(&tg));
+        }
+        out.push_str("# HELP pilotfish_trust_store_refresh_errors_total Failed reads of a trust store or CRL kept in AWS (the copy in force keeps verifying).\n# TYPE pilotfish_trust_store_refresh_errors_total counter\n");
+        let mut te: Vec<_> = self
+            .trust_store_refresh_errors
+            .iter()
+            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        te.sort();
+        for (src, n) in te {
+            let _ = writeln!(out, "pilotfish_trust_store_refresh_errors_total{{source=\"{}\"}} {n}", esc(&src));
         }
         out.push_str("# HELP pilotfish_certificate_refresh_errors_total Failed reads of a certificate from AWS (the last good one keeps serving).\n# TYPE pilotfish_certificate_refresh_errors_total counter\n");
         let mut ce: Vec<_> = self

@@ -70,13 +70,26 @@ impl Ca {
 impl Ca {
     /// An empty revocation list signed by this CA.
     pub fn crl_pem(&self) -> String {
+        self.crl_pem_revoking(&[])
+    }
+
+    /// A revocation list signed by this CA revoking the certificates with these serial numbers.
+    pub fn crl_pem_revoking(&self, serials: &[Vec<u8>]) -> String {
         let now = OffsetDateTime::now_utc();
         rcgen::CertificateRevocationListParams {
             this_update: now - TimeDuration::hours(1),
             next_update: now + TimeDuration::days(7),
             crl_number: rcgen::SerialNumber::from(1u64),
             issuing_distribution_point: None,
-            revoked_certs: vec![],
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now - TimeDuration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         }
         .signed_by(&self.issuer)

@@ -17,9 +17,11 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use super::rule::{self, ActionDef};
 use super::{check_name, optional, Ctx};
 use crate::config::file;
+use crate::config::material::{AwsSecret, Fetched, Material};
 use crate::config::snapshot::ListenerProtocol;
 use crate::routing::rewrite::HeaderEdits;
 use crate::tls::mtls;
+use std::time::Duration;
 
 /// The ALPN protocols an https listener offers when `alpn` is not set.
 const DEFAULT_ALPN: [&str; 2] = ["h2", "http/1.1"];
@@ -56,10 +58,17 @@ pub(super) struct ListenerTls {
 pub(super) struct MtlsDef {
     pub settings: mtls::Settings,
     pub span: Range<usize>,
+    /// The trust store and CRLs kept in AWS, read again every `refresh`.
+    pub sources: Vec<AwsSecret>,
+    pub refresh: Duration,
 }
 
 /// Checks and compiles every listener (an element with an error is None).
-pub(super) fn compile_all(cx: &mut Ctx<'_>, list: &[Spanned<file::Listener>]) -> Vec<Option<ListenerDef>> {
+pub(super) fn compile_all(
+    cx: &mut Ctx<'_>,
+    list: &[Spanned<file::Listener>],
+    material: &Material,
+) -> Vec<Option<ListenerDef>> {
     let mut names = HashSet::new();
     let mut binds = HashMap::new();
     list.iter()
@@ -67,7 +76,7 @@ pub(super) fn compile_all(cx: &mut Ctx<'_>, list: &[Spanned<file::Listener>]) ->
             let mark = cx.mark();
             let l = l.get_ref();
             check_name(cx, "listener", &l.name, &mut names);
-            compile(cx, l, &mut binds).filter(|_| cx.clean_since(mark))
+            compile(cx, l, &mut binds, material).filter(|_| cx.clean_since(mark))
         })
         .collect()
 }
@@ -77,6 +86,7 @@ fn compile<'a>(
     cx: &mut Ctx<'_>,
     l: &'a file::Listener,
     binds: &mut HashMap<SocketAddr, &'a str>,
+    material: &Material,
 ) -> Option<ListenerDef> {
     let mark = cx.mark();
     let name = l.name.get_ref();
@@ -94,7 +104,7 @@ fn compile<'a>(
     }
     let protocol: ListenerProtocol = (*l.protocol.get_ref()).into();
     let tls = match protocol {
-        ListenerProtocol::Https => tls(cx, name, l),
+        ListenerProtocol::Https => tls(cx, name, l, material),
         ListenerProtocol::Http => {
             for (span, key) in [
                 (l.certificates.as_ref().map(|c| c.span()), "certificates"),
@@ -145,7 +155,7 @@ fn compile<'a>(
 }
 
 /// The TLS keys of https listener `name` (None when they are wrong).
-fn tls(cx: &mut Ctx<'_>, name: &str, l: &file::Listener) -> Option<ListenerTls> {
+fn tls(cx: &mut Ctx<'_>, name: &str, l: &file::Listener, material: &Material) -> Option<ListenerTls> {
     let mark = cx.mark();
     if let Some(alpn) = &l.alpn {
         for p in alpn.get_ref() {
@@ -175,13 +185,13 @@ fn tls(cx: &mut Ctx<'_>, name: &str, l: &file::Listener) -> Option<ListenerTls> 
         None => names.first()?.clone(),
     };
     let alpn = l.alpn.as_ref().map_or_else(|| DEFAULT_ALPN.map(String::from).to_vec(), |a| a.get_ref().clone());
-    let mtls = l.mutual_tls.as_ref().and_then(|m| mutual_tls(cx, name, m));
+    let mtls = l.mutual_tls.as_ref().and_then(|m| mutual_tls(cx, name, m, material));
     let t = ListenerTls { names: names.clone(), default, alpn, span: list.span(), mtls };
     cx.clean_since(mark).then_some(t)
 }
 
 /// Checks `mutual_tls` and loads its trust store and CRLs (None: off, or an error reported).
-fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>) -> Option<MtlsDef> {
+fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>, material: &Material) -> Option<MtlsDef> {
     let mark = cx.mark();
     let span = m.span();
     let m = m.get_ref();
@@ -197,6 +207,7 @@ fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>) -> Opt
             (m.crl.as_ref().map(|t| t.span()), "crl"),
             (m.ignore_client_certificate_expiry.as_ref().map(|t| t.span()), "ignore_client_certificate_expiry"),
             (m.advertise_ca_names.as_ref().map(|t| t.span()), "advertise_ca_names"),
+            (m.refresh.as_ref().map(|t| t.span()), "refresh"),
         ];
         for (at, key) in unused {
             if let Some(at) = at {
@@ -205,24 +216,33 @@ fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>) -> Opt
         }
     }
     let mut trust = Vec::new();
+    let mut sources = Vec::new();
     if mode == mtls::Mode::Verify {
         match &m.trust_store {
             None => cx.err(span.clone(), format!("{what}: mode = \"verify\" needs trust_store = \"ca-bundle.pem\"")),
-            Some(t) => match trust_store(&cx.path(t.get_ref())) {
-                Ok((certs, warnings)) => {
-                    for w in warnings {
-                        cx.warn(t.span(), format!("{what}: {w}"));
+            Some(t) => {
+                let read = read_blob(cx, t.span(), &what, "trust store", t.get_ref(), material, &mut sources);
+                if let Some((bytes, origin)) = read {
+                    match trust_store(&bytes, &origin) {
+                        Ok((certs, warnings)) => {
+                            for w in warnings {
+                                cx.warn(t.span(), format!("{what}: {w}"));
+                            }
+                            trust = certs;
+                        }
+                        Err(e) => cx.err(t.span(), format!("{what}: {e}")),
                     }
-                    trust = certs;
                 }
-                Err(e) => cx.err(t.span(), format!("{what}: {e}")),
-            },
+            }
         }
     }
     let mut crls = Vec::new();
     if let (Some(list), mtls::Mode::Verify) = (&m.crl, mode) {
         for f in list.get_ref() {
-            match crl(&cx.path(f), &trust) {
+            let Some((bytes, origin)) = read_blob(cx, list.span(), &what, "CRL file", f, material, &mut sources) else {
+                continue;
+            };
+            match crl(bytes, &origin, &trust) {
                 Ok((mut c, warnings)) => {
                     for w in warnings {
                         cx.warn(list.span(), format!("{what}: {w}"));
@@ -233,6 +253,21 @@ fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>) -> Opt
             }
         }
     }
+    let refresh = match &m.refresh {
+        Some(r) if sources.is_empty() && mode == mtls::Mode::Verify => {
+            cx.err(
+                r.span(),
+                format!("{what}: refresh is for a trust store or CRL kept in AWS (files are read again on reload)"),
+            );
+            REFRESH
+        }
+        Some(r) if r.get_ref().0 < Duration::from_secs(1) => {
+            cx.err(r.span(), format!("{what}: refresh must be at least 1s"));
+            REFRESH
+        }
+        Some(r) => r.get_ref().0,
+        None => REFRESH,
+    };
     let settings = mtls::Settings {
         mode,
         trust,
@@ -247,41 +282,99 @@ fn mutual_tls(cx: &mut Ctx<'_>, name: &str, m: &Spanned<file::MutualTls>) -> Opt
         cx.err(m.trust_store.as_ref().map_or(span.clone(), |t| t.span()), format!("{what}: {e}"));
         return None;
     }
-    Some(MtlsDef { settings, span })
+    Some(MtlsDef { settings, span, sources, refresh })
 }
 
-/// The CA certificates of a trust store file, and warnings (a certificate that is not a CA, or
+/// How often a trust store or CRL kept in AWS is read again, unless `refresh` says.
+pub const REFRESH: Duration = Duration::from_secs(3600);
+
+/// The bytes of `b` (a `kind` of listener mutual TLS) and how messages name it: a file's, or what
+/// was fetched from AWS for it (its source noted in `sources`). None: an error was reported.
+fn read_blob(
+    cx: &mut Ctx<'_>,
+    at: Range<usize>,
+    what: &str,
+    kind: &str,
+    b: &file::Blob,
+    material: &Material,
+    sources: &mut Vec<AwsSecret>,
+) -> Option<(Vec<u8>, String)> {
+    match crate::config::material::aws_blob(b) {
+        Err(e) => {
+            cx.err(at, format!("{what}: {kind}: {e}"));
+            None
+        }
+        Ok(None) => {
+            let file::Blob::Path(p) = b else { return None };
+            let path = cx.path(p);
+            match std::fs::read(&path) {
+                Ok(bytes) => Some((bytes, path.display().to_string())),
+                Err(e) => {
+                    cx.err(at, format!("{what}: cannot read {kind} {}: {e}", path.display()));
+                    None
+                }
+            }
+        }
+        Ok(Some(src)) => {
+            let origin = src.to_string();
+            let got = match material.secrets.get(&src) {
+                Some(Fetched::Fresh(v)) => Some(v.0.clone()),
+                Some(Fetched::Stale(v, e)) => {
+                    cx.warn(at.clone(), format!("{what}: {origin}: {e}; the last good copy is used"));
+                    Some(v.0.clone())
+                }
+                Some(Fetched::Failed(e)) => {
+                    cx.err(at.clone(), format!("{what}: {origin}: {e}"));
+                    None
+                }
+                None => {
+                    cx.err(at.clone(), format!("{what}: {origin} was not fetched"));
+                    None
+                }
+            };
+            sources.push(src);
+            got.map(|bytes| (bytes, origin))
+        }
+    }
+}
+
+/// The CA certificates of a trust store (PEM), and warnings (a certificate that is not a CA, or
 /// has expired).
-fn trust_store(path: &std::path::Path) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), String> {
-    let certs = crate::tls::load::load_ca_bundle(path).map_err(|e| e.replace("CA file", "trust store"))?;
+fn trust_store(bytes: &[u8], origin: &str) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in trust store {origin}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("no CERTIFICATE block in trust store {origin}"));
+    }
     let mut warnings = Vec::new();
     for (i, c) in certs.iter().enumerate() {
-        let (_, x) = X509Certificate::from_der(c)
-            .map_err(|e| format!("certificate {} of trust store {}: {e}", i + 1, path.display()))?;
+        let (_, x) =
+            X509Certificate::from_der(c).map_err(|e| format!("certificate {} of trust store {origin}: {e}", i + 1))?;
         let subject = x.subject().to_string();
         if !x.is_ca() {
-            warnings.push(format!("{subject:?} in {} is not a CA certificate", path.display()));
+            warnings.push(format!("{subject:?} in {origin} is not a CA certificate"));
         }
         if x.validity().not_after.timestamp() < now_unix() {
-            warnings.push(format!("CA certificate {subject:?} in {} has expired", path.display()));
+            warnings.push(format!("CA certificate {subject:?} in {origin} has expired"));
         }
     }
     Ok((certs, warnings))
 }
 
-/// The revocation lists of a CRL file (PEM blocks, or one DER list), and a warning for a list
-/// whose issuer is not in the trust store (it can revoke nothing).
+/// The revocation lists of a CRL (PEM blocks, or one DER list), and a warning for a list whose
+/// issuer is not in the trust store (it can revoke nothing).
 fn crl(
-    path: &std::path::Path,
+    bytes: Vec<u8>,
+    origin: &str,
     trust: &[CertificateDer<'static>],
 ) -> Result<(Vec<CertificateRevocationListDer<'static>>, Vec<String>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read CRL file {}: {e}", path.display()))?;
     let mut lists: Vec<CertificateRevocationListDer<'static>> = CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM in CRL file {}: {e}", path.display()))?;
+        .map_err(|e| format!("bad PEM in CRL {origin}: {e}"))?;
     if lists.is_empty() {
         if bytes.first() != Some(&0x30) {
-            return Err(format!("no X509 CRL block in {} (PEM or DER expected)", path.display()));
+            return Err(format!("no X509 CRL block in {origin} (PEM or DER expected)"));
         }
         lists.push(CertificateRevocationListDer::from(bytes));
     }
@@ -291,12 +384,11 @@ fn crl(
         .collect();
     let mut warnings = Vec::new();
     for l in &lists {
-        let (_, parsed) = CertificateRevocationList::from_der(l)
-            .map_err(|e| format!("cannot parse CRL file {}: {e}", path.display()))?;
+        let (_, parsed) =
+            CertificateRevocationList::from_der(l).map_err(|e| format!("cannot parse CRL {origin}: {e}"))?;
         if !subjects.iter().any(|s| s == parsed.issuer().as_raw()) {
             warnings.push(format!(
-                "the CRL in {} is issued by {:?}, which is not in the trust store: it revokes nothing",
-                path.display(),
+                "the CRL in {origin} is issued by {:?}, which is not in the trust store: it revokes nothing",
                 parsed.issuer().to_string()
             ));
         }

@@ -116,7 +116,7 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     }
     let certs = tls::certificates(&mut cx, &cfg.certificates, input.material);
     let groups = target_group::compile_all(&mut cx, &cfg.target_groups, cfg.cloudwatch.is_some());
-    let listeners = listener::compile_all(&mut cx, &cfg.listeners);
+    let listeners = listener::compile_all(&mut cx, &cfg.listeners, input.material);
     let rules = rule::compile_all(&mut cx, &cfg.rules);
     if cfg.listeners.is_empty() {
         cx.warn(0..0, "no [[listeners]]: pilotfish will serve nothing but its admin API");
@@ -441,6 +441,17 @@ fn build(
         })
         .collect();
 
+    // Trust stores and CRLs kept in AWS, each with the shortest refresh that names it.
+    let mut trust_sources: Vec<(crate::config::material::AwsSecret, std::time::Duration)> = Vec::new();
+    for m in plan.listeners.iter().filter_map(|l| l.def.tls.as_ref()?.mtls.as_ref()) {
+        for src in &m.sources {
+            match trust_sources.iter_mut().find(|(s, _)| s == src) {
+                Some((_, r)) => *r = (*r).min(m.refresh),
+                None => trust_sources.push((src.clone(), m.refresh)),
+            }
+        }
+    }
+
     let listeners: Vec<Arc<ListenerConfig>> = plan
         .listeners
         .into_iter()
@@ -505,6 +516,7 @@ fn build(
     let json = describe(cfg, &server, input.generation);
     let mut snap = Snapshot::new(input.generation, server, sections.access_log, listeners, upstreams, json);
     snap.jwks = key_sets;
+    snap.trust_sources = trust_sources;
     snap.aws = sections.aws;
     snap.cloudwatch = sections.cloudwatch;
     snap.autoscaling = autoscaling;
@@ -748,6 +760,38 @@ mutual_tls = {{ mode = "verify", trust_store = "{0}/ca.pem", crl = ["{0}/x.crl"]
             ],
         );
         assert!(errors(&text).iter().any(|e| e.contains("no X509 CRL block in")), "{:?}", errors(&text));
+        // AWS sources: one each, well formed; refresh only with them.
+        let text = r#"[aws]
+region = "us-east-1"
+
+[[certificates]]
+name = "c"
+cert = "/nonexistent/c.crt"
+key = "/nonexistent/c.key"
+
+[[listeners]]
+name = "a"
+bind = "127.0.0.1:1"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = { mode = "verify", trust_store = { s3 = "trust/ca.pem" }, crl = [{ ssm = "/x", s3 = "s3://b/k" }] }
+
+[[listeners]]
+name = "b"
+bind = "127.0.0.1:2"
+protocol = "https"
+certificates = ["c"]
+mutual_tls = { mode = "verify", trust_store = { ssm = "/ca" }, refresh = "1m" }
+"#;
+        assert_errors(
+            text,
+            &[
+                "t.toml:6:8: certificate \"c\": cannot read certificate file",
+                "t.toml:14:47: listener \"a\": mutual_tls: trust store: bad S3 location \"trust/ca.pem\"",
+                "t.toml:14:78: listener \"a\": mutual_tls: CRL file: give a file path, or exactly one of s3",
+                "t.toml:21:47: listener \"b\": mutual_tls: SSM parameter /ca was not fetched",
+            ],
+        );
     }
 
     #[test]

@@ -185,7 +185,7 @@ fn aws(cx: &mut Ctx<'_>, cfg: &FileConfig) -> Option<AwsSettings> {
         && std::env::var_os("AWS_REGION").is_none()
         && std::env::var_os("AWS_DEFAULT_REGION").is_none()
     {
-        cx.warn(0..0, "discovery uses AWS but no region is set ([aws] region, or AWS_REGION); the SDK's chain (profile, IMDS) must provide one");
+        cx.warn(0..0, "this configuration uses AWS but no region is set ([aws] region, or AWS_REGION); the SDK's chain (profile, IMDS) must provide one");
     }
     let settings = a
         .map(|a| AwsSettings {
