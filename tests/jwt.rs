@@ -74,6 +74,23 @@ impl SigningKey {
     }
 }
 
+/// A token with `alg: none` and no signature.
+fn unsigned(claims: &Value) -> String {
+    let b64 = |v: &Value| {
+        let s = aws_smithy_types::base64::encode(v.to_string().as_bytes());
+        s.trim_end_matches('=').replace('+', "-").replace('/', "_")
+    };
+    format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT", "kid": "rsa-1"})), b64(claims))
+}
+
+/// The classic confusion: HS256 keyed with the RSA key's public JWK (as an attacker can read it).
+fn hmac_confusion(k: &SigningKey, claims: &Value) -> String {
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(k.kid.clone());
+    let secret = k.jwk["n"].as_str().unwrap().as_bytes().to_vec();
+    jsonwebtoken::encode(&h, claims, &EncodingKey::from_secret(&secret).unwrap()).unwrap()
+}
+
 fn jwks(keys: &[&SigningKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
 }
@@ -163,6 +180,8 @@ fn with(mut v: Value, key: &str, value: Value) -> Value {
 }
 
 struct Setup {
+    /// The configuration it started with.
+    text: String,
     lb: Lb,
     be: Backend,
     idp: JwksServer,
@@ -183,7 +202,7 @@ async fn setup(name: &str) -> Setup {
     );
     let idp = JwksServer::start(&ca, jwks(&[&rsa, &ec, &ed])).await;
     let be = Backend::start("be").await;
-    let lb = Lb::start(&format!(
+    let text = format!(
         r#"
 [[listeners]]
 name = "web"
@@ -205,8 +224,9 @@ targets = ["{}"]
         idp.url(),
         dir.join("idp-ca.pem").display(),
         be.addr
-    ));
-    Setup { lb, be, idp, rsa, ec, ed }
+    );
+    let lb = Lb::start(&text);
+    Setup { text, lb, be, idp, rsa, ec, ed }
 }
 
 async fn call(s: &Setup, c: &HttpClient, auth: Option<&str>) -> Got {
@@ -245,6 +265,10 @@ async fn tokens_are_verified_before_the_action_and_refusals_say_why() {
             ("wrong audience", Some(bearer(&s.rsa.sign(&with(claims(), "aud", json!(["web"]))))), "audience"),
             ("missing claim", Some(bearer(&s.rsa.sign(&with(claims(), "scope", json!("profile"))))), "claim"),
             ("bad signature", Some(bearer(&other_rsa.sign(&claims()))), "signature is invalid"),
+            ("alg none", Some(bearer(&unsigned(&claims()))), "malformed"),
+            ("HMAC keyed with the public key", Some(bearer(&hmac_confusion(&s.rsa, &claims()))), "algorithm"),
+            ("no expiry", Some(bearer(&s.rsa.sign(&with(claims(), "exp", Value::Null)))), "no expiry"),
+            ("issued in the future", Some(bearer(&s.rsa.sign(&with(claims(), "iat", json!(t + 3600))))), "future"),
         ];
         for (what, auth, says) in &refusals {
             let got = call(&s, &c, auth.as_deref()).await;
@@ -257,6 +281,11 @@ async fn tokens_are_verified_before_the_action_and_refusals_say_why() {
                 assert!(!challenge.contains(token) && !got.body.contains(token), "{what}: the token is echoed");
             }
         }
+        // Two token headers: which one would the target read? Refused.
+        let url = s.lb.url("web", "/api/orders");
+        let good = bearer(&s.rsa.sign(&claims()));
+        let got = get_with(&c, &url, &[("authorization", &good), ("authorization", "Bearer other")]).await;
+        assert_eq!(got.status, 401, "a repeated token header");
         assert_eq!(s.be.requests(), served, "no refused request reached the target");
     }
     // Counted by reason, and logged.
@@ -267,12 +296,16 @@ async fn tokens_are_verified_before_the_action_and_refusals_say_why() {
         "pilotfish_jwt_checks_total{rule=\"api\",result=\"missing\"} 4",
         "pilotfish_jwt_checks_total{rule=\"api\",result=\"bad_signature\"} 2",
         "pilotfish_jwt_checks_total{rule=\"api\",result=\"bad_audience\"} 2",
-        "pilotfish_requests_total{listener=\"web\",target_group=\"\",code=\"401\"} 18",
+        "pilotfish_jwt_checks_total{rule=\"api\",result=\"malformed\"} 6",
+        "pilotfish_jwt_checks_total{rule=\"api\",result=\"bad_algorithm\"} 2",
+        "pilotfish_jwt_checks_total{rule=\"api\",result=\"no_expiry\"} 2",
+        "pilotfish_jwt_checks_total{rule=\"api\",result=\"issued_in_future\"} 2",
+        "pilotfish_requests_total{listener=\"web\",target_group=\"\",code=\"401\"} 28",
         &format!("pilotfish_jwks_keys{{jwks=\"{}\"}} 3", s.idp.url()),
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
-    assert!(eventually(Duration::from_secs(5), || s.lb.log.lines().len() >= 24).await);
+    assert!(eventually(Duration::from_secs(5), || s.lb.log.lines().len() >= 34).await);
     let logged: Vec<Value> = s.lb.log.lines();
     assert!(logged.iter().any(|l| l["auth"]["jwt"] == "valid" && l["status"] == 200));
     assert!(logged.iter().any(|l| l["auth"]["jwt"] == "not_yet_valid" && l["error"] == "jwt_not_yet_valid"));
@@ -338,4 +371,11 @@ async fn an_unknown_key_refreshes_the_set_and_the_cached_keys_outlive_the_endpoi
     .await;
     assert!(fetched);
     assert_eq!(call(&s, &c, Some(&bearer(&token))).await.status, 200, "the last good keys stay");
+
+    // A reload that changes the set's timings, with the endpoint down: the keys are kept.
+    s.idp.status.store(503, Ordering::SeqCst);
+    let reloaded = s.text.replace(r#"min_refresh = "1s""#, r#"min_refresh = "2s""#);
+    assert_ne!(reloaded, s.text);
+    assert!(s.lb.server.control().reload_text("test.toml", &reloaded).ok());
+    assert_eq!(call(&s, &c, Some(&bearer(&token))).await.status, 200, "the keys outlive the reload");
 }

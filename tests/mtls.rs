@@ -170,10 +170,21 @@ async fn request(
     h2: bool,
     headers: &[(&str, &str)],
 ) -> Result<u16, String> {
+    request_to(addr, cfg, h2, "/who", headers).await.map(|(status, _)| status)
+}
+
+/// [`request`] for `path`: the status and the body.
+async fn request_to(
+    addr: std::net::SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    h2: bool,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Bytes), String> {
     let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("app.test").unwrap();
     let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| format!("{e:?}"))?;
-    let mut req = http::Request::get("https://app.test/who").header("host", "app.test");
+    let mut req = http::Request::get(format!("https://app.test{path}")).header("host", "app.test");
     for (n, v) in headers {
         req = req.header(*n, *v);
     }
@@ -192,8 +203,8 @@ async fn request(
     };
     let resp = resp.map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
-    resp.into_body().collect().await.map_err(|e| format!("{e:?}"))?;
-    Ok(status)
+    let body = resp.into_body().collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+    Ok((status, body))
 }
 
 /// The error a client gets from a handshake the server refuses: with TLS 1.3 the client's side
@@ -255,9 +266,29 @@ certificates = ["app"]
 mutual_tls = {{ {mtls} }}
 default_action = {{ forward = "g" }}
 
+[[rules]]
+name = "over-h2"
+listeners = ["mtls"]
+priority = 1
+headers = {{ "x-h2-target" = ["1"] }}
+forward = "g2"
+
+[[rules]]
+name = "partner"
+listeners = ["mtls"]
+priority = 2
+path = ["/who-am-i"]
+headers = {{ "x-amzn-mtls-clientcert-subject" = ["CN=client-1,*"] }}
+fixed_response = {{ status = 200, body = "partner" }}
+
 [[target_groups]]
 name = "g"
-targets = ["{}"]
+targets = ["{0}"]
+
+[[target_groups]]
+name = "g2"
+protocol = "http2"
+targets = ["{0}"]
 "#,
             self.be.addr
         )
@@ -292,19 +323,25 @@ async fn verify_mode_accepts_a_good_chain_and_tells_the_target_who_it_is() {
     let addr = lb.addr("mtls");
     let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
     let (from, until) = (now - TimeDuration::days(1), now + TimeDuration::days(30));
-    let client = s.pki.client("client-1", &[0x0a, 0x1b, 0x2c, 0x3d], from, until);
+    // (A serial with its high bit set: DER writes a 00 before it, which the header leaves out.)
+    let client = s.pki.client("client-1", &[0x8a, 0x1b, 0x2c, 0x3d], from, until);
 
-    for h2 in [false, true] {
+    for (h2, h2_target) in [(false, false), (true, false), (false, true), (true, true)] {
         let (cfg, presenter) = client_config(&s.server_ca.pem, Some(&client), if h2 { "h2" } else { "http/1.1" });
-        let forged = [("x-amzn-mtls-clientcert-subject", "CN=forged"), ("X-Amzn-Mtls-Clientcert", "forged")];
+        let mut forged = vec![("x-amzn-mtls-clientcert-subject", "CN=forged"), ("X-Amzn-Mtls-Clientcert", "forged")];
+        if h2_target {
+            forged.push(("x-h2-target", "1"));
+        }
         assert_eq!(request(addr, cfg, h2, &forged).await, Ok(200), "h2: {h2}");
         let seen = s.be.last();
+        let want = if h2_target { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        assert_eq!(seen.version, want, "h2 client {h2}, h2 target {h2_target}");
         let h = |n: &str| {
             let all: Vec<_> = seen.headers.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect();
             assert_eq!(all.len(), 1, "{n}: {all:?} (h2: {h2})");
             all[0].clone()
         };
-        assert_eq!(h("x-amzn-mtls-clientcert-serial-number"), "0A1B2C3D");
+        assert_eq!(h("x-amzn-mtls-clientcert-serial-number"), "8A1B2C3D");
         assert_eq!(h("x-amzn-mtls-clientcert-subject"), r"CN=client-1,O=Acme\, Inc.,C=US");
         assert_eq!(h("x-amzn-mtls-clientcert-issuer"), "CN=Clients Intermediate,O=pilotfish tests");
         assert_eq!(
@@ -318,9 +355,20 @@ async fn verify_mode_accepts_a_good_chain_and_tells_the_target_who_it_is() {
         let hints = presenter.hints.lock().unwrap().clone().expect("the server asked for a certificate");
         assert!(hints.contains(&s.pki.root_subject), "the trust store's CA names are advertised");
     }
+    // Rules match on the certificate pilotfish verified, never on a client's header.
+    let (cfg, _) = client_config(&s.server_ca.pem, Some(&client), "http/1.1");
+    let forged = [("x-amzn-mtls-clientcert-subject", "CN=client-1,O=forged")];
+    let got = request_to(addr, cfg.clone(), false, "/who-am-i", &[]).await.unwrap();
+    assert_eq!(got, (200, Bytes::from_static(b"partner")));
+    let other = s.pki.client("client-2", &[0x09], from, until);
+    let (cfg2, _) = client_config(&s.server_ca.pem, Some(&other), "http/1.1");
+    let got = request_to(addr, cfg2, false, "/who-am-i", &forged).await.unwrap();
+    assert_eq!(got.0, 200);
+    assert_ne!(got.1, Bytes::from_static(b"partner"), "a forged subject does not match the rule");
+
     // The access log says who came in.
     let logged = eventually(Duration::from_secs(5), || {
-        lb.log.lines().iter().filter(|l| l["auth"]["mtls"] == "verified").count() == 2
+        lb.log.lines().iter().filter(|l| l["auth"]["mtls"] == "verified").count() >= 4
     })
     .await;
     assert!(logged, "{:?}", lb.log.lines());
@@ -389,6 +437,23 @@ async fn verify_mode_refuses_missing_foreign_revoked_and_expired_certificates() 
     assert!(request(addr, cfg, false, &[]).await.is_err());
     let (cfg, _) = client_config(&s.server_ca.pem, Some(&revoked), "http/1.1");
     assert!(request(addr, cfg, false, &[]).await.is_err(), "revocation is still checked");
+    // Expired and something else wrong: still refused, for the other reason.
+    let expired_revoked =
+        s.pki.client("expired-revoked", &revoked_serial, now - TimeDuration::days(60), now - TimeDuration::days(1));
+    let expired_foreign = ClientPki::new("Strangers").client(
+        "old-stranger",
+        &[0x04],
+        now - TimeDuration::days(60),
+        now - TimeDuration::days(1),
+    );
+    for (what, c, alert) in [
+        ("expired and revoked", &expired_revoked, "CertificateRevoked"),
+        ("expired, foreign CA", &expired_foreign, "UnknownCA"),
+    ] {
+        let (cfg, _) = client_config(&s.server_ca.pem, Some(c), "http/1.1");
+        let err = refusal(addr, cfg).await;
+        assert!(err.contains(alert), "{what}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,6 +494,13 @@ name = "web"
 bind = "127.0.0.1:0"
 default_action = {{ forward = "g" }}
 
+[[rules]]
+name = "admins"
+listeners = ["web"]
+priority = 1
+headers = {{ "x-amzn-mtls-clientcert-subject" = ["CN=admin"] }}
+fixed_response = {{ status = 403, body = "matched a forged header" }}
+
 [[target_groups]]
 name = "g"
 targets = ["{}"]
@@ -449,4 +521,14 @@ targets = ["{}"]
         assert!(mtls.is_empty(), "{mtls:?} reached the target ({:?})", seen.version);
         assert_eq!(seen.headers.get("x-amzn-mtlsish").unwrap(), "kept", "only the X-Amzn-Mtls- family is removed");
     }
+    // Nor in a trailer: the body is refused before its end reaches the target.
+    let before = be.requests();
+    let got = common::raw::exchange(
+        lb.addr("web"),
+        b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n3\r\nabc\r\n0\r\nX-Amzn-Mtls-Clientcert: forged\r\n\r\n",
+    )
+    .await;
+    assert!(!got.contains("200 OK"), "{got}");
+    let complete = be.seen.lock().unwrap()[before..].iter().any(|r| r.uri == "/t" && r.body.as_ref() == b"abc");
+    assert!(!complete, "a body whose trailer forges a certificate header is not delivered");
 }

@@ -75,6 +75,8 @@ pub struct KeySet {
     last_good: AtomicU64,
     /// Consecutive failed fetches (the background retries back off).
     failures: AtomicU64,
+    /// A background fetch is running ([`run`] starts one at a time).
+    in_flight: std::sync::atomic::AtomicBool,
     /// One fetch at a time; requests that need one wait for it.
     fetching: tokio::sync::Mutex<()>,
     metrics: Option<Arc<JwksStats>>,
@@ -105,14 +107,29 @@ impl KeySet {
             last_attempt: AtomicU64::new(0),
             last_good: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            in_flight: std::sync::atomic::AtomicBool::new(false),
             fetching: tokio::sync::Mutex::new(()),
             metrics,
         }
     }
 
-    /// Fetches with `tls` from now on (a reload read the CA file again).
-    pub fn set_tls(&self, tls: Arc<rustls::ClientConfig>) {
-        self.tls.store(tls);
+    /// A new set for `source` that starts with what `old` (the same URL with other settings)
+    /// holds: a reload that changes a timing or the CA does not lose the keys, and the running
+    /// set is not changed (the reload may still be refused).
+    pub fn seeded(
+        source: Source,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Option<Arc<JwksStats>>,
+        old: &KeySet,
+    ) -> KeySet {
+        let k = KeySet::new(source, tls, metrics);
+        k.keys.store(old.keys.load_full());
+        for (to, from) in
+            [(&k.last_attempt, &old.last_attempt), (&k.last_good, &old.last_good), (&k.failures, &old.failures)]
+        {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        k
     }
 
     /// The running set for `source` among `previous`, if there is one.
@@ -135,6 +152,10 @@ impl KeySet {
     /// When the background task should fetch next: `refresh` after the last good fetch, or
     /// (never fetched, or failing) after a backoff from the last attempt.
     pub fn next_due(&self) -> Instant {
+        if self.in_flight.load(Ordering::Relaxed) {
+            // Looked at again once the fetch has surely ended.
+            return Instant::now() + FETCH_TIMEOUT + Duration::from_secs(1);
+        }
         let attempt = self.last_attempt.load(Ordering::Relaxed);
         if attempt == 0 {
             return Instant::now();
@@ -357,11 +378,15 @@ pub async fn run(state: Arc<crate::state::SharedState>) {
         }
         let now = Instant::now();
         for k in sets.values().filter(|k| k.next_due() <= now) {
-            // Each on its own: a slow endpoint holds up no other set. (The attempt is noted as
-            // the fetch starts, so the set is not due again meanwhile.)
+            // Each on its own: a slow endpoint holds up no other set; one at a time per set.
+            if k.in_flight.swap(true, Ordering::Relaxed) {
+                continue;
+            }
             let k = Arc::clone(k);
-            k.last_attempt.store(now_ms(), Ordering::Relaxed);
-            tokio::spawn(async move { k.fetch_now().await });
+            tokio::spawn(async move {
+                let _ = k.fetch_now().await;
+                k.in_flight.store(false, Ordering::Relaxed);
+            });
         }
     }
 }

@@ -197,9 +197,11 @@ pub struct JwtCheck {
 }
 
 impl JwtCheck {
-    /// Checks the value of the token header (None: absent), counting the result.
-    pub async fn check(&self, value: Option<&str>) -> Result<(), Reason> {
-        let r = self.verify(value).await;
+    /// Checks the value of the token header (None: absent), counting the result. `repeated`:
+    /// the header came more than once, which is refused (a target could read another copy than
+    /// the one checked).
+    pub async fn check(&self, value: Option<&str>, repeated: bool) -> Result<(), Reason> {
+        let r = if repeated { Err(Reason::Malformed) } else { self.verify(value).await };
         match r {
             Ok(()) => self.stats.valid.fetch_add(1, Ordering::Relaxed),
             Err(e) => {

@@ -43,8 +43,9 @@ use super::upstream::{self, H2Body, Stream};
 use crate::balance::Target;
 use crate::config::snapshot::UpstreamProtocol;
 use crate::config::snapshot::{Action, ForwardArm, ListenerConfig};
-use crate::routing::{normalize_host, RequestView};
+use crate::routing::{normalize_host, RequestView, WithClientCert};
 use crate::telemetry::metrics::ListenerStats;
+use crate::tls::mtls::is_mtls_header;
 
 /// hyper's service for one HTTP/2 client connection. The request future is boxed: hyper keeps
 /// one future of the service's type per connection, so an unboxed one would be held by every
@@ -143,7 +144,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
             query: req.uri().query(),
             method: req.method(),
             source_ip: ctx.client.addr.ip().to_canonical(),
-            headers: req.headers(),
+            headers: &WithClientCert { fields: req.headers(), cert: ctx.client.cert.as_deref() },
         });
         let rule = route.rule.map(|r| r.name.clone());
         log.with(|r| r.rule = rule);
@@ -152,8 +153,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Result<Res
         // The rule's token check comes before its action.
         let refused = match routed.jwt.as_deref() {
             Some(jwt) => {
-                let value = req.headers().get(&jwt.header).and_then(|v| v.to_str().ok());
-                let verdict = Box::pin(jwt.check(value)).await;
+                let mut copies = req.headers().get_all(&jwt.header).iter();
+                let value = copies.next().and_then(|v| v.to_str().ok());
+                let verdict = Box::pin(jwt.check(value, copies.next().is_some())).await;
                 log.with(|r| r.auth.jwt = Some(verdict.map_or_else(|e| e.as_str(), |()| "valid")));
                 verdict.err()
             }
@@ -264,7 +266,16 @@ async fn to_h2_target(
     let replay =
         (arm.transport.retries > 0 && body.is_end_stream() && client::is_idempotent(parts.method.as_str().as_bytes()))
             .then(|| Replay { method: parts.method.clone(), uri: parts.uri.clone(), headers: parts.headers.clone() });
-    let body: H2Body = Limited::new(body, limit).map_err(BoxError::from).boxed_unsync();
+    let body: H2Body = Limited::new(body, limit)
+        .map_frame(|f| match f.into_trailers() {
+            Ok(mut t) => {
+                forward::strip_mtls(&mut t);
+                Frame::trailers(t)
+            }
+            Err(f) => f,
+        })
+        .map_err(BoxError::from)
+        .boxed_unsync();
     send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, changes, log).await
 }
 
@@ -447,7 +458,7 @@ impl Outbound for H2Out {
                         Err(frame) => {
                             if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
                                 let mut t = b"0\r\n".to_vec();
-                                for (n, v) in &trailers {
+                                for (n, v) in trailers.iter().filter(|(n, _)| !is_mtls_header(n.as_str().as_bytes())) {
                                     t.extend_from_slice(n.as_str().as_bytes());
                                     t.extend_from_slice(b": ");
                                     t.extend_from_slice(v.as_bytes());
@@ -850,7 +861,7 @@ pub async fn forward_from_h1<S: ClientIo>(
                 Err(frame) => {
                     if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
                         let mut t = b"0\r\n".to_vec();
-                        for (n, v) in &trailers {
+                        for (n, v) in trailers.iter().filter(|(n, _)| !is_mtls_header(n.as_str().as_bytes())) {
                             t.extend_from_slice(n.as_str().as_bytes());
                             t.extend_from_slice(b": ");
                             t.extend_from_slice(v.as_bytes());

@@ -32,6 +32,23 @@ impl HeaderLookup for HeaderMap {
     }
 }
 
+/// A request's fields as rules see them on a connection with (or without) a client certificate:
+/// `X-Amzn-Mtls-*` conditions match the values pilotfish sends the target, never a client's.
+pub struct WithClientCert<'a, H: ?Sized> {
+    pub fields: &'a H,
+    pub cert: Option<&'a crate::tls::mtls::ClientCert>,
+}
+
+impl<H: HeaderLookup + ?Sized> HeaderLookup for WithClientCert<'_, H> {
+    fn any_value(&self, name: &HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        if crate::tls::mtls::is_mtls_header(name.as_str().as_bytes()) {
+            let Some(c) = self.cert else { return false };
+            return c.fields.iter().filter(|(n, _)| n == name).any(|(_, v)| v.to_str().is_ok_and(&mut *f));
+        }
+        self.fields.any_value(name, f)
+    }
+}
+
 /// The parts of a request that rules look at, borrowed from it.
 #[derive(Clone, Copy)]
 pub struct RequestView<'a> {

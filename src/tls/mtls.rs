@@ -288,8 +288,14 @@ impl ClientCert {
             }
             Mode::Verify => {
                 let (_, x) = X509Certificate::from_der(leaf).ok()?;
-                let mut serial = String::with_capacity(x.raw_serial().len() * 2);
-                for b in x.raw_serial() {
+                // The serial as a number: DER's sign byte (a 00 before a byte >= 0x80) left out,
+                // as OpenSSL and ALB print it.
+                let raw = match x.raw_serial() {
+                    [0, rest @ ..] if rest.first().is_some_and(|b| *b >= 0x80) => rest,
+                    r => r,
+                };
+                let mut serial = String::with_capacity(raw.len() * 2);
+                for b in raw {
                     let _ = write!(serial, "{b:02X}");
                 }
                 let validity = format!(
@@ -324,7 +330,8 @@ fn value(s: String) -> Option<HeaderValue> {
 }
 
 fn iso8601(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + secs(unix.max(0) as u64);
+    // (humantime writes years up to 9999.)
+    let t = std::time::UNIX_EPOCH + secs(unix.clamp(0, 253_402_300_799) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -138,6 +138,16 @@ pub(super) fn compile(cx: &mut Ctx<'_>, rule: &str, j: &Spanned<file::Jwt>) -> O
     if !cx.clean_since(mark) {
         return None;
     }
+    // The CA file's contents are part of the set's identity: a reload after it changed fetches
+    // with the new one.
+    let ca_id = ca.as_ref().zip(j.ca.as_ref()).map(|(certs, path)| {
+        let mut d = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for c in certs {
+            d.update(c.as_ref());
+        }
+        let hex: String = d.finish().as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} (sha256 {hex})", path.get_ref())
+    });
     let tls = match crate::tls::client::upstream_config(UpstreamProtocol::Http1, true, ca, None) {
         Ok(t) => t.config,
         Err(e) => {
@@ -145,6 +155,6 @@ pub(super) fn compile(cx: &mut Ctx<'_>, rule: &str, j: &Spanned<file::Jwt>) -> O
             return None;
         }
     };
-    let source = Source { url: url.clone(), ca: j.ca.as_ref().map(|c| c.get_ref().clone()), refresh, min_refresh };
+    let source = Source { url: url.clone(), ca: ca_id, refresh, min_refresh };
     Some(JwtDef { issuer: issuer.clone(), audience, claims, header: header?, source, tls })
 }

@@ -338,8 +338,8 @@ fn read_blob(
     }
 }
 
-/// The CA certificates of a trust store (PEM), and warnings (a certificate that is not a CA, or
-/// has expired).
+/// The CA certificates of a trust store (PEM; each must be a CA), and warnings (a CA that has
+/// expired).
 fn trust_store(bytes: &[u8], origin: &str) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<_, _>>()
@@ -353,7 +353,9 @@ fn trust_store(bytes: &[u8], origin: &str) -> Result<(Vec<CertificateDer<'static
             X509Certificate::from_der(c).map_err(|e| format!("certificate {} of trust store {origin}: {e}", i + 1))?;
         let subject = x.subject().to_string();
         if !x.is_ca() {
-            warnings.push(format!("{subject:?} in {origin} is not a CA certificate"));
+            // Every certificate of the store is a trust anchor: a leaf there would let its key
+            // holder issue client certificates for any subject.
+            return Err(format!("{subject:?} in {origin} is not a CA certificate (basicConstraints CA:TRUE)"));
         }
         if x.validity().not_after.timestamp() < now_unix() {
             warnings.push(format!("CA certificate {subject:?} in {origin} has expired"));
@@ -388,7 +390,7 @@ fn crl(
             CertificateRevocationList::from_der(l).map_err(|e| format!("cannot parse CRL {origin}: {e}"))?;
         if !subjects.iter().any(|s| s == parsed.issuer().as_raw()) {
             warnings.push(format!(
-                "the CRL in {origin} is issued by {:?}, which is not in the trust store: it revokes nothing",
+                "the CRL in {origin} is issued by {:?}, which is not in the trust store: it applies only to certificates of an intermediate CA that clients send",
                 parsed.issuer().to_string()
             ));
         }

@@ -133,6 +133,24 @@ pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagn
     }
 }
 
+/// Warns about `jwt` rules on plain http listeners: bearer tokens would cross the network in
+/// clear (ALB verifies tokens on HTTPS listeners only). Not an error: TLS may end in front.
+fn cleartext_tokens(cx: &mut Ctx<'_>, cfg: &FileConfig) {
+    for r in cfg.rules.iter().map(Spanned::get_ref) {
+        let Some(jwt) = &r.jwt else { continue };
+        for l in r.listeners.get_ref() {
+            let plain = cfg
+                .listeners
+                .iter()
+                .map(Spanned::get_ref)
+                .any(|x| x.name.get_ref() == l.get_ref() && *x.protocol.get_ref() == file::ListenerProtocol::Http);
+            if plain {
+                cx.warn(jwt.span(), format!("rule {:?}: jwt on http listener {:?}: bearer tokens travel in clear text unless TLS ends in front of pilotfish", r.name.get_ref(), l.get_ref()));
+            }
+        }
+    }
+}
+
 /// Settings fixed at start-up (the worker threads, the admin socket) that a reload changes:
 /// each is a warning at its key, and the running value stays in force (and is what `/config`
 /// shows) until the next start. (`max_connections` is applied live.)
@@ -283,6 +301,7 @@ fn resolve(
     }
 
     tls::uncovered_hosts(cx, certs, cfg);
+    cleartext_tokens(cx, cfg);
     unused_groups(cx, cfg);
 
     Some(Plan {
@@ -419,12 +438,13 @@ fn build(
             let keys = match key_sets.iter().find(|k| k.source == d.source) {
                 Some(k) => k.clone(),
                 None => {
+                    let stats = Some(metrics.jwks_stats());
                     let k = match KeySet::reuse(previous_sets, &d.source) {
-                        Some(k) => {
-                            k.set_tls(d.tls.clone());
-                            k
-                        }
-                        None => Arc::new(KeySet::new(d.source.clone(), d.tls.clone(), Some(metrics.jwks_stats()))),
+                        Some(k) => k,
+                        None => match previous_sets.iter().find(|k| k.source.url == d.source.url) {
+                            Some(old) => Arc::new(KeySet::seeded(d.source.clone(), d.tls.clone(), stats, old)),
+                            None => Arc::new(KeySet::new(d.source.clone(), d.tls.clone(), stats)),
+                        },
                     };
                     key_sets.push(k.clone());
                     k
@@ -828,6 +848,9 @@ fixed_response = { status = 200 }
         assert_errors(
             text,
             &[
+                "t.toml:11:7: warning: rule \"a\": jwt on http listener \"web\": bearer tokens travel in clear",
+                "t.toml:19:7: warning: rule \"b\": jwt on http listener",
+                "t.toml:27:7: warning: rule \"c\": jwt on http listener",
                 "t.toml:11:18: rule \"a\": jwt: issuer must be 1..=2048 characters",
                 "t.toml:11:29: rule \"a\": jwt: jwks must be an https:// URL",
                 "t.toml:11:69: rule \"a\": jwt: audience lists no value",

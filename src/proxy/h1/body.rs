@@ -261,7 +261,12 @@ fn trailer_section(rest: &[u8]) -> Result<Option<usize>, BodyError> {
     let mut fields = [httparse::EMPTY_HEADER; 32];
     match httparse::parse_headers(rest, &mut fields) {
         Ok(httparse::Status::Complete((n, _))) if n > MAX_TRAILERS => Err("trailers_too_large"),
-        Ok(httparse::Status::Complete((n, _))) => {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            // Fields pilotfish sets from the TLS handshake never come from a peer, trailers
+            // included (an application may merge trailers into the header fields).
+            if fields.iter().any(|f| crate::tls::mtls::is_mtls_header(f.name.as_bytes())) {
+                return Err("forbidden_trailer");
+            }
             let section = &rest[..n];
             let bare_lf = section.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || section[i - 1] != b'\r'));
             if bare_lf {
@@ -354,6 +359,8 @@ mod tests {
         );
         assert_eq!(decode_in_steps(BodyLen::Chunked, b"4\r\nab", 64).unwrap_err(), "body_truncated");
         assert_eq!(decode_in_steps(BodyLen::Chunked, b"0\r\nX: a\nY: b\r\n\r\n", 64).unwrap_err(), "invalid_trailers");
+        let forged = b"0\r\nX-Amzn-Mtls-Clientcert-Subject: CN=admin\r\n\r\n";
+        assert_eq!(decode_in_steps(BodyLen::Chunked, forged, 64).unwrap_err(), "forbidden_trailer");
         assert!(decode_in_steps(BodyLen::Chunked, b"4;a=b;c=\"d\"\r\nabcd\r\n0\r\n\r\n", 64).is_ok());
     }
 

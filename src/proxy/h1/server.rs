@@ -41,7 +41,7 @@ use crate::proxy::answer::Answer;
 use crate::proxy::error::ProxyError;
 use crate::proxy::service::{count_answer, redirect_location, Changes, ConnCtx, Current, LogFields, RequestLog};
 use crate::proxy::upstream::{self, Stream};
-use crate::routing::{normalize_host, HeaderLookup, RequestView};
+use crate::routing::{normalize_host, HeaderLookup, RequestView, WithClientCert};
 use crate::telemetry::metrics::ListenerStats;
 
 /// What the connection does after an exchange.
@@ -218,7 +218,10 @@ async fn exchange<S: ClientIo>(
         query,
         method: &method,
         source_ip: ctx.client.addr.ip().to_canonical(),
-        headers: &FieldView { data, fields: head.fields.all() },
+        headers: &WithClientCert {
+            fields: &FieldView { data, fields: head.fields.all() },
+            cert: ctx.client.cert.as_deref(),
+        },
     });
     let new_id = head.request_id.is_none().then(|| crate::proxy::forward::new_request_id_at(started.into_std()));
     let mut log = RequestLog::start(ctx, snap, started.into_std(), || LogFields {
@@ -244,13 +247,9 @@ async fn exchange<S: ClientIo>(
     let refused = match routed.jwt.as_deref() {
         Some(jwt) if !too_large => {
             let name = jwt.header.as_str().as_bytes();
-            let value = head
-                .fields
-                .all()
-                .iter()
-                .find(|f| f.name.of(data).eq_ignore_ascii_case(name))
-                .and_then(|f| std::str::from_utf8(f.value.of(data)).ok());
-            let verdict = Box::pin(jwt.check(value)).await;
+            let mut copies = head.fields.all().iter().filter(|f| f.name.of(data).eq_ignore_ascii_case(name));
+            let value = copies.next().and_then(|f| std::str::from_utf8(f.value.of(data)).ok());
+            let verdict = Box::pin(jwt.check(value, copies.next().is_some())).await;
             log.with(|r| r.auth.jwt = Some(verdict.map_or_else(|e| e.as_str(), |()| "valid")));
             verdict.err()
         }
