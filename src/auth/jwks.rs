@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use rustls::pki_types::ServerName;
 
 use crate::telemetry::metrics::JwksStats;
@@ -67,7 +67,7 @@ impl Keys {
 /// A key set and its state.
 pub struct KeySet {
     pub source: Source,
-    tls: ArcSwap<rustls::ClientConfig>,
+    tls: Arc<rustls::ClientConfig>,
     /// None until the first good fetch.
     keys: ArcSwap<Option<Keys>>,
     /// Milliseconds since [`epoch`] of the last fetch attempt, and of the last good one (0: never).
@@ -102,7 +102,7 @@ impl KeySet {
     pub fn new(source: Source, tls: Arc<rustls::ClientConfig>, metrics: Option<Arc<JwksStats>>) -> KeySet {
         KeySet {
             source,
-            tls: ArcSwap::new(tls),
+            tls,
             keys: ArcSwap::from_pointee(None),
             last_attempt: AtomicU64::new(0),
             last_good: AtomicU64::new(0),
@@ -179,7 +179,7 @@ impl KeySet {
 
     async fn fetch_locked(&self) -> Result<(), String> {
         self.last_attempt.store(now_ms(), Ordering::Relaxed);
-        let got = tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.source.url, &self.tls.load_full()))
+        let got = tokio::time::timeout(FETCH_TIMEOUT, fetch(&self.source.url, &self.tls))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())))
             .and_then(|body| parse(&body));
@@ -307,14 +307,7 @@ fn key(jwk: &Jwk) -> Option<Key> {
         return None;
     }
     let family: Vec<Algorithm> = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa.algorithms().to_vec(),
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => vec![Algorithm::ES256],
             EllipticCurve::P384 => vec![Algorithm::ES384],

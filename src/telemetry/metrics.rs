@@ -140,9 +140,8 @@ pub struct ListenerStats {
 impl ListenerStats {
     /// Counts one refused client certificate.
     pub fn mtls_failure(&self, f: Failure) {
-        if let Some(i) = Failure::ALL.iter().position(|x| *x == f) {
-            self.mtls_failures[i].fetch_add(1, Ordering::Relaxed);
-        }
+        // (`Failure::ALL` lists the reasons in declaration order: a unit test checks it.)
+        self.mtls_failures[f as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Refused client certificates, every reason.

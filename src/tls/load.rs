@@ -128,12 +128,16 @@ fn is_self_signed(c: &CertificateDer<'_>) -> bool {
 
 /// Loads every certificate of a PEM bundle (CA files for target verification).
 pub fn load_ca_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM in CA file {}: {e}", path.display()))?;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    ca_bundle(&pem, &format!("CA file {}", path.display()))
+}
+
+/// Every certificate of PEM bundle `pem`, which messages call `what` (at least one).
+pub fn ca_bundle(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> =
+        CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| format!("bad PEM in {what}: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("no CERTIFICATE block in CA file {}", path.display()));
+        return Err(format!("no CERTIFICATE block in {what}"));
     }
     Ok(certs)
 }

@@ -461,6 +461,11 @@ mod tests {
     }
 
     #[test]
+    fn failures_are_listed_in_declaration_order() {
+        assert!(Failure::ALL.iter().enumerate().all(|(i, f)| *f as usize == i));
+    }
+
+    #[test]
     fn pem_is_url_encoded_with_albs_safe_characters() {
         assert_eq!(url_encode("-----BEGIN CERTIFICATE-----\nab+/=\n"), "-----BEGIN%20CERTIFICATE-----%0Aab+/=%0A");
         assert!(is_mtls_header(b"X-Amzn-Mtls-Clientcert-Subject") && !is_mtls_header(b"x-amzn-mtls-"));

@@ -17,7 +17,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 use super::rule::{self, ActionDef};
 use super::{check_name, optional, Ctx};
 use crate::config::file;
-use crate::config::material::{AwsSecret, Fetched, Material};
+use crate::config::material::{AwsSecret, Material};
 use crate::config::snapshot::ListenerProtocol;
 use crate::routing::rewrite::HeaderEdits;
 use crate::tls::mtls;
@@ -317,21 +317,8 @@ fn read_blob(
         }
         Ok(Some(src)) => {
             let origin = src.to_string();
-            let got = match material.secrets.get(&src) {
-                Some(Fetched::Fresh(v)) => Some(v.0.clone()),
-                Some(Fetched::Stale(v, e)) => {
-                    cx.warn(at.clone(), format!("{what}: {origin}: {e}; the last good copy is used"));
-                    Some(v.0.clone())
-                }
-                Some(Fetched::Failed(e)) => {
-                    cx.err(at.clone(), format!("{what}: {origin}: {e}"));
-                    None
-                }
-                None => {
-                    cx.err(at.clone(), format!("{what}: {origin} was not fetched"));
-                    None
-                }
-            };
+            let got = super::fetched(cx, at, what, &origin, material.secrets.get(&src), "the last good copy is used")
+                .map(|v| v.0.clone());
             sources.push(src);
             got.map(|bytes| (bytes, origin))
         }
@@ -341,12 +328,7 @@ fn read_blob(
 /// The CA certificates of a trust store (PEM; each must be a CA), and warnings (a CA that has
 /// expired).
 fn trust_store(bytes: &[u8], origin: &str) -> Result<(Vec<CertificateDer<'static>>, Vec<String>), String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM in trust store {origin}: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("no CERTIFICATE block in trust store {origin}"));
-    }
+    let certs = crate::tls::load::ca_bundle(bytes, &format!("trust store {origin}"))?;
     let mut warnings = Vec::new();
     for (i, c) in certs.iter().enumerate() {
         let (_, x) =

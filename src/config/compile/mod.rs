@@ -105,6 +105,34 @@ impl Ctx<'_> {
     }
 }
 
+/// What was fetched from AWS for `src`, for `what` at `at`: a stale copy is used with a warning
+/// (`stale` says how), a failed or missing fetch is an error (None).
+fn fetched<'m, T>(
+    cx: &mut Ctx<'_>,
+    at: Range<usize>,
+    what: &str,
+    src: &impl std::fmt::Display,
+    got: Option<&'m super::material::Fetched<T>>,
+    stale: &str,
+) -> Option<&'m Arc<T>> {
+    use super::material::Fetched;
+    match got {
+        Some(Fetched::Fresh(v)) => Some(v),
+        Some(Fetched::Stale(v, e)) => {
+            cx.warn(at, format!("{what}: {src}: {e}; {stale}"));
+            Some(v)
+        }
+        Some(Fetched::Failed(e)) => {
+            cx.err(at, format!("{what}: {src}: {e}"));
+            None
+        }
+        None => {
+            cx.err(at, format!("{what}: {src} was not fetched"));
+            None
+        }
+    }
+}
+
 /// Parses, validates and compiles a configuration. On success returns the snapshot and any warnings.
 pub fn compile(input: CompileInput<'_>) -> Result<(Snapshot, Diagnostics), Diagnostics> {
     let map = SourceMap::new(input.name, input.text);

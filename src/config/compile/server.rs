@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{optional, Ctx};
 use crate::config::file::{self, FileConfig, SecretRef, Spanned};
-use crate::config::material::{self, Fetched, Material};
+use crate::config::material::{self, Material};
 use crate::config::snapshot::{
     AccessLogFormat, AdminToken, AwsSettings, CloudWatchSettings, CookieKey, ServerSettings,
 };
@@ -149,21 +149,7 @@ fn secret(cx: &mut Ctx<'_>, key: &str, r: &Spanned<SecretRef>, material: &Materi
         }
     } else {
         let src = material::aws_secret(v)?;
-        match material.secrets.get(&src) {
-            Some(Fetched::Fresh(b)) => b.0.clone(),
-            Some(Fetched::Stale(b, e)) => {
-                cx.warn(at, format!("{key}: {src}: {e}; the last good value is used"));
-                b.0.clone()
-            }
-            Some(Fetched::Failed(e)) => {
-                cx.err(at, format!("{key}: {src}: {e}"));
-                return None;
-            }
-            None => {
-                cx.err(at, format!("{key}: {src} was not fetched"));
-                return None;
-            }
-        }
+        super::fetched(cx, at, key, &src, material.secrets.get(&src), "the last good value is used")?.0.clone()
     };
     Some(bytes.trim_ascii().to_vec())
 }

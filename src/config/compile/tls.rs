@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 use super::listener::ListenerTls;
 use super::{valid_name, Ctx};
 use crate::config::file::{self, FileConfig};
-use crate::config::material::{self, AwsCertificate, Fetched, Material};
+use crate::config::material::{self, AwsCertificate, Material};
 use crate::config::snapshot::UpstreamProtocol;
 use crate::tls::client::{upstream_config, UpstreamTls};
 use crate::tls::load::Origin;
@@ -90,20 +90,10 @@ pub(super) fn certificates(cx: &mut Ctx<'_>, list: &[Spanned<file::Certificate>]
                     .or_else(|| c.ssm.as_ref().map(Spanned::span))
                     .or_else(|| c.secrets_manager.as_ref().map(Spanned::span))
                     .unwrap_or_else(|| c.name.span());
-                let pem = match material.certificates.get(src) {
-                    Some(Fetched::Fresh(p)) => p,
-                    Some(Fetched::Stale(p, e)) => {
-                        cx.warn(at.clone(), format!("certificate {name:?}: {src}: {e}; the last good copy is served"));
-                        p
-                    }
-                    Some(Fetched::Failed(e)) => {
-                        cx.err(at, format!("certificate {name:?}: {src}: {e}"));
-                        continue;
-                    }
-                    None => {
-                        cx.err(at, format!("certificate {name:?}: {src} was not fetched"));
-                        continue;
-                    }
+                let what = format!("certificate {name:?}");
+                let got = material.certificates.get(src);
+                let Some(pem) = super::fetched(cx, at.clone(), &what, src, got, "the last good copy is served") else {
+                    continue;
                 };
                 let what = src.to_string();
                 let origin = Origin { cert: &what, key: &what };
