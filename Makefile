@@ -1,27 +1,33 @@
 # pilotfish: `make test` runs every test; `make lint` is what CI checks; `make bench` measures.
 CARGO ?= cargo
 PYTHON ?= python3
-# The AWS emulator the discovery tests start (moto 5.2.x).
+# The AWS emulator the discovery tests start (moto 5.2.x), and cfn-lint for deploy/.
 VENV ?= .venv
 MOTO := $(VENV)/bin/moto_server
+CFN_LINT := $(VENV)/bin/cfn-lint
 
 .PHONY: test lint bench build fmt venv fuzz
 
 build:
 	$(CARGO) build --release
 
-# Installs what the tests need (a venv with moto[server] and boto3), then runs every test: the
-# benches once in test mode (a smoke run each), then unit, integration and CLI tests.
-test: $(MOTO)
+# Installs what the tests need (a venv with moto[server] and cfn-lint), then runs every test: the
+# benches once in test mode (a smoke run each), then unit, integration and CLI tests. The DNS
+# discovery tests also need dnsmasq (Debian: dnsmasq-base), which .ci/run installs.
+test: $(MOTO) $(CFN_LINT)
 	$(CARGO) test --benches --no-fail-fast
 	PILOTFISH_VENV=$(abspath $(VENV)) $(CARGO) test --lib --bins --tests --no-fail-fast
 
-venv: $(MOTO)
+venv: $(MOTO) $(CFN_LINT)
 
 $(MOTO):
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<5.3'
 	@test -x $(MOTO)
+
+$(CFN_LINT): $(MOTO)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'cfn-lint>=1.58,<2'
+	@test -x $(CFN_LINT)
 
 lint:
 	$(CARGO) fmt --all -- --check

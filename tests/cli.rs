@@ -131,3 +131,37 @@ async fn run_serves_and_sigterm_lets_a_slow_request_finish_then_exits_0() {
     assert_eq!(r.status.as_u16(), 200, "the in-flight request finished");
     assert_eq!(p.wait_exit(Duration::from_secs(15)).await, Some(0));
 }
+
+/// `deploy/cloudformation.yaml` is clean under cfn-lint (errors, warnings and informational
+/// findings alike), and says what the Dockerfile and the task definition say.
+#[test]
+fn the_cloudformation_template_passes_cfn_lint_and_matches_the_task_definition() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lint = common::aws::venv().join("bin/cfn-lint");
+    assert!(lint.exists(), "{} is missing: run `make test` (it installs cfn-lint into the venv)", lint.display());
+    let out = Command::new(&lint)
+        .args(["--include-checks", "I", "--", "deploy/cloudformation.yaml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "cfn-lint:\n{said}");
+
+    let template = std::fs::read_to_string(root.join("deploy/cloudformation.yaml")).unwrap();
+    let task: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("config/ecs-task-definition.json")).unwrap()).unwrap();
+    let container = &task["containerDefinitions"][0];
+    let health = container["healthCheck"]["command"].as_array().unwrap();
+    let url = health.last().unwrap().as_str().unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(url) && template.contains(url), "one health check URL everywhere: {url}");
+    assert_eq!(container["stopTimeout"], 30);
+    assert!(template.contains("StopTimeout: 30"), "the template's stopTimeout is the task definition's");
+    for port in container["portMappings"].as_array().unwrap() {
+        let p = port["containerPort"].as_u64().unwrap();
+        assert!(template.contains(&format!("ContainerPort: {p}")), "port {p} in the template");
+    }
+    for key in ["proxy_protocol_v2.enabled", "load_balancing.cross_zone.enabled"] {
+        assert!(template.contains(key), "{key} in the template");
+    }
+}

@@ -397,3 +397,65 @@ proptest! {
         }
     }
 }
+
+mod proxy_protocol {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+    use pilotfish::proxy::proxy_protocol::{encode, parse, Addresses, Parsed, Version, MAX_HEADER};
+    use proptest::prelude::*;
+
+    fn endpoints() -> impl Strategy<Value = (SocketAddr, SocketAddr)> {
+        let v4 = (any::<[u8; 4]>(), any::<[u8; 4]>())
+            .prop_map(|(a, b)| (IpAddr::from(Ipv4Addr::from(a)), IpAddr::from(Ipv4Addr::from(b))));
+        let v6 = (any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(a, b)| {
+            // Not IPv4-mapped: those are announced as IPv4.
+            let (mut a, mut b) = (a, b);
+            a[0] |= 0x20;
+            b[0] |= 0x20;
+            (IpAddr::from(Ipv6Addr::from(a)), IpAddr::from(Ipv6Addr::from(b)))
+        });
+        (prop_oneof![v4, v6], any::<u16>(), any::<u16>())
+            .prop_map(|((s, d), sp, dp)| (SocketAddr::new(s, sp), SocketAddr::new(d, dp)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever pilotfish writes, it reads back: the same endpoints, exactly the header's
+        /// bytes (not one of what follows), and every shorter prefix is incomplete.
+        #[test]
+        fn encoded_headers_parse_back(ends in endpoints(), v2 in any::<bool>(), local in any::<bool>(), tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let version = if v2 { Version::V2 } else { Version::V1 };
+            let announced = (!local).then_some(ends);
+            let h = encode(version, announced);
+            let want = match announced {
+                None => Addresses::Local,
+                Some((src, dst)) => Addresses::Tcp { src, dst },
+            };
+            let mut with_tail = h.clone();
+            with_tail.extend_from_slice(&tail);
+            prop_assert_eq!(parse(&with_tail), Ok(Parsed::Done { len: h.len(), addrs: want }));
+            for cut in 0..h.len() {
+                prop_assert_eq!(parse(&h[..cut]), Ok(Parsed::Incomplete), "cut at {}", cut);
+            }
+        }
+
+        /// Any bytes: no panic, a complete header never claims more than it was given or the
+        /// bound, and an incomplete verdict never flips to a refusal of a prefix.
+        #[test]
+        fn arbitrary_bytes_are_judged_safely(prefix in prop_oneof![Just(b"PROXY ".to_vec()), Just(b"\r\n\r\n\0\r\nQUIT\n".to_vec()), Just(Vec::new())], bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut input = prefix;
+            input.extend_from_slice(&bytes);
+            match parse(&input) {
+                Ok(Parsed::Done { len, .. }) => prop_assert!(len <= input.len() && len <= MAX_HEADER),
+                Ok(Parsed::Incomplete) => prop_assert!(input.len() < MAX_HEADER),
+                Err(_) => {}
+            }
+            for cut in 0..input.len() {
+                if parse(&input).is_ok() {
+                    prop_assert!(parse(&input[..cut]).is_ok(), "a prefix of an acceptable input refused at {}", cut);
+                }
+            }
+        }
+    }
+}

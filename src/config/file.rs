@@ -244,6 +244,27 @@ pub struct Listener {
     pub server_header: Option<Spanned<bool>>,
     /// Client certificates (https listeners): verified against a trust store, or passed through.
     pub mutual_tls: Option<Spanned<MutualTls>>,
+    /// `{ trusted = [CIDRs] }`: connections from these peers start with a PROXY header (v1 or
+    /// v2) naming the client.
+    pub proxy_protocol: Option<Spanned<ProxyProtocol>>,
+}
+
+/// `proxy_protocol = { trusted = ["10.0.0.0/16"] }` of a listener.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    /// Peers (CIDRs or addresses) that must send the header; from any other it is refused.
+    pub trusted: Spanned<Vec<Spanned<String>>>,
+}
+
+/// `send_proxy_protocol` of a target group.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
 }
 
 /// `mutual_tls = { mode, trust_store, crl, ignore_client_certificate_expiry, advertise_ca_names }`.
@@ -516,6 +537,10 @@ pub struct TargetGroup {
     pub max_requests_per_target: Option<Spanned<u32>>,
     /// `queue = { size, timeout }`: where requests wait when every available target is at the cap.
     pub queue: Option<Spanned<Queue>>,
+    /// `"v1"` | `"v2"`: every connection to a target starts with a PROXY header naming the
+    /// client (health checks: `LOCAL`).
+    #[serde(default)]
+    pub send_proxy_protocol: SendProxyProtocol,
 }
 
 /// `queue` of a target group (HAProxy's backend queue in front of `maxconn`).

@@ -150,6 +150,8 @@ pub struct Transport {
     pub retries: u32,
     /// HTTPS to targets.
     pub tls: Option<Arc<crate::tls::client::UpstreamTls>>,
+    /// `send_proxy_protocol`: the PROXY header every connection to a target starts with.
+    pub proxy_protocol: Option<crate::proxy::proxy_protocol::Version>,
 }
 
 impl Transport {
@@ -161,6 +163,7 @@ impl Transport {
             response_timeout: Duration::from_secs(60),
             retries: 1,
             tls: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -310,6 +313,9 @@ pub struct ListenerConfig {
     /// The listener's own response edits (`response_headers`, `server_header`), for the
     /// answers it gives before a rule applies.
     pub response_edits: Option<Arc<HeaderEdits>>,
+    /// `proxy_protocol.trusted`: peers whose connections must start with a PROXY header (and
+    /// the only ones whose header is believed).
+    pub proxy_trusted: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// `[aws]` settings.
@@ -445,6 +451,8 @@ pub struct Snapshot {
     pub trust_sources: Vec<(crate::config::material::AwsSecret, Duration)>,
     /// The active configuration for `GET /config` (paths, never key contents).
     pub json: serde_json::Value,
+    /// Some target group sends PROXY headers: connections note the address clients reached.
+    pub announces_clients: bool,
 }
 
 impl Snapshot {
@@ -458,7 +466,9 @@ impl Snapshot {
         json: serde_json::Value,
     ) -> Self {
         let listener_index = listeners.iter().enumerate().map(|(i, l)| (l.name.clone(), i)).collect();
+        let announces_clients = upstreams.iter().any(|u| u.transport.proxy_protocol.is_some());
         Snapshot {
+            announces_clients,
             generation,
             server,
             access_log,

@@ -95,9 +95,11 @@ async fn check_one(
     }
 }
 
-/// One check: GET `path` on a new connection (TLS when the group uses it); returns the status.
+/// One check: GET `path` on a new connection (TLS when the group uses it; a PROXY header with
+/// no client, `LOCAL`, when it sends them); returns the status.
 async fn probe(addr: SocketAddr, path: &str, transport: &Transport) -> Result<u16, Reason> {
-    let io = client::dial(addr, transport.tls.as_deref(), transport.connect_timeout)
+    let preface = transport.proxy_protocol.map(|v| crate::proxy::proxy_protocol::encode(v, None));
+    let io = client::dial(addr, transport.tls.as_deref(), transport.connect_timeout, preface.as_deref())
         .await
         .map(hyper_util::rt::TokioIo::new)
         .map_err(|_| Reason::ConnectionFailed)?;

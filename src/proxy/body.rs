@@ -47,7 +47,6 @@ pub struct H1Source {
     conn: Option<Conn>,
     tbuf: Buf,
     dec: Decoder,
-    target: u64,
     guard: Option<InFlightGuard>,
     /// The connection may be pooled if the body ends cleanly.
     reusable: bool,
@@ -66,13 +65,12 @@ impl H1Source {
         conn: Conn,
         tbuf: Buf,
         dec: Decoder,
-        target: u64,
         guard: InFlightGuard,
         reusable: bool,
         idle: Duration,
         rest: Option<Box<dyn Outbound + Send>>,
     ) -> Self {
-        H1Source { conn: Some(conn), tbuf, dec, target, guard: Some(guard), reusable, idle, timer: None, rest }
+        H1Source { conn: Some(conn), tbuf, dec, guard: Some(guard), reusable, idle, timer: None, rest }
     }
 
     /// Sends what the client has of the rest of the request body, as far as it goes without
@@ -109,7 +107,7 @@ impl H1Source {
         if let Some(conn) = self.conn.take() {
             // A request body not sent to its end leaves the connection mid-message.
             if self.reusable && self.rest.is_none() && self.tbuf.is_empty() {
-                upstream::checkin(self.target, conn, tokio::time::Instant::now());
+                upstream::checkin(conn, tokio::time::Instant::now());
             }
         }
     }

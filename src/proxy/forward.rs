@@ -20,6 +20,9 @@ pub struct ClientInfo {
     pub listener_port: u16,
     /// What the client's certificate tells targets (mutual TLS listeners).
     pub cert: Option<std::sync::Arc<crate::tls::mtls::ClientCert>>,
+    /// The address the client connected to: a PROXY header's destination, or this socket's
+    /// (noted only when some target group announces clients).
+    pub dst: Option<SocketAddr>,
     ip: [u8; 46],
     ip_len: u8,
     port: [u8; 5],
@@ -37,7 +40,22 @@ impl ClientInfo {
         let mut w = &mut port[..];
         let _ = write!(w, "{listener_port}");
         let port_len = (5 - w.len()) as u8;
-        ClientInfo { addr, proto, listener_port, cert: None, ip, ip_len, port, port_len }
+        ClientInfo { addr, proto, listener_port, cert: None, dst: None, ip, ip_len, port, port_len }
+    }
+
+    /// The client's endpoints as a PROXY header announces them: its address and the one it
+    /// connected to (unspecified, with the listener's port, when not noted).
+    #[inline]
+    pub fn endpoints(&self) -> (SocketAddr, SocketAddr) {
+        let dst = self.dst.unwrap_or_else(|| {
+            let any: std::net::IpAddr = if self.addr.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            SocketAddr::new(any, self.listener_port)
+        });
+        (self.addr, dst)
     }
 
     /// The client's IP address as text (IPv4-mapped addresses as IPv4).

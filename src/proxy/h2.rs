@@ -31,7 +31,7 @@ use tokio::io::AsyncWrite;
 use super::answer::Answer;
 use super::body::{BoxError, H1Source, RespBody};
 use super::error::ProxyError;
-use super::forward::{self, X_REQUEST_ID};
+use super::forward::{self, ClientInfo, X_REQUEST_ID};
 use super::h1::body::{size_line, Decoder, Event};
 use super::h1::buf::Buf;
 use super::h1::client::{self, Outbound, SendError, Sending};
@@ -276,13 +276,14 @@ async fn to_h2_target(
         })
         .map_err(BoxError::from)
         .boxed_unsync();
-    send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, changes, log).await
+    send_h2(arm, &ctx.client, &listener.stats, Request::from_parts(parts, body), replay, changes, log).await
 }
 
 /// Sends `req` to an HTTP/2 target of `arm`'s group: retried on another target when connecting
 /// fails, or, for a replayable request, when the target fails before responding.
 async fn send_h2(
     arm: &ForwardArm,
+    client: &ClientInfo,
     stats: &ListenerStats,
     req: Request<H2Body>,
     replay: Option<Replay>,
@@ -310,7 +311,13 @@ async fn send_h2(
             }
         };
         log.with(|r| r.target = Some(target.addr));
-        let mut tx = match upstream::h2_sender(target.id, target.addr, settings).await {
+        let mut tx = match upstream::h2_sender(
+            upstream::PoolKey::new(target.id, settings, Some(client.endpoints())),
+            target.addr,
+            settings,
+        )
+        .await
+        {
             Ok(tx) => tx,
             Err(e) => {
                 arm.group_stats.target_connection_errors.fetch_add(1, Ordering::Relaxed);
@@ -552,7 +559,8 @@ async fn to_h1_target(
         response_timeout: settings.response_timeout,
         client_idle: ctx.server.idle_timeout,
     };
-    let mut attempts = client::Attempts { preferred: changes.preferred(), ..Default::default() };
+    let mut attempts =
+        client::Attempts { preferred: changes.preferred(), client: Some(ctx.client.endpoints()), ..Default::default() };
     // An HTTP/2 stream has no connection timer of its own: one for this request.
     let sleep = std::pin::pin!(tokio::time::sleep(settings.response_timeout));
     let mut timer = Timer::new(sleep);
@@ -619,8 +627,7 @@ async fn to_h1_target(
     let rest = (sending == Sending::Body).then(|| Box::new(out) as Box<dyn Outbound + Send>);
     tbuf.rewind_to(head.end as usize);
     let (parts, ()) = resp.into_parts();
-    let body =
-        H1Source::new(conn, tbuf, Decoder::new(body_len), target.id, guard, reusable, settings.response_timeout, rest);
+    let body = H1Source::new(conn, tbuf, Decoder::new(body_len), guard, reusable, settings.response_timeout, rest);
     Ok(Response::from_parts(parts, RespBody::h1(body)))
 }
 
@@ -765,7 +772,7 @@ pub async fn forward_from_h1<S: ClientIo>(
     let mut tx = tx;
     let mut sent_body = 0u64;
     let limit = listener.max_request_body;
-    let send = send_h2(arm, &listener.stats, Request::from_parts(parts, body), replay, changes, &mut log);
+    let send = send_h2(arm, &ctx.client, &listener.stats, Request::from_parts(parts, body), replay, changes, &mut log);
     let result = async {
         tokio::pin!(send);
         loop {

@@ -109,7 +109,7 @@ pub async fn accept_loop(
             // max_connections was lowered: this permit is withdrawn, not used.
             p.forget();
         };
-        let Some((ctx, tls)) = context(&state, &name, port, peer, &stop) else { continue };
+        let Some((ctx, tls)) = context(&state, &name, port, peer, &stream, &stop) else { continue };
         let held = Held { stats: ctx.accepted_with.stats.clone(), _permit: permit, _open: workers.open_here() };
         tokio::spawn(serve_connection(ctx, stream, tls, held));
     }
@@ -137,6 +137,7 @@ fn context(
     name: &Arc<str>,
     port: u16,
     peer: SocketAddr,
+    stream: &TcpStream,
     stop: &watch::Receiver<bool>,
 ) -> Option<(Arc<ConnCtx>, Option<Arc<rustls::ServerConfig>>)> {
     let snap = state.load();
@@ -145,20 +146,36 @@ fn context(
     listener.stats.active_connections.fetch_add(1, Ordering::Relaxed);
     let tls = listener.tls.clone();
     let proto = if tls.is_some() { "https" } else { "http" };
+    let mut client = ClientInfo::new(peer, proto, port);
+    if snap.announces_clients {
+        // What a PROXY header to a target names as the destination (a header from the
+        // client's side replaces it).
+        client.dst = stream.local_addr().ok();
+    }
     let ctx = ConnCtx {
         state: state.clone(),
         listener: name.clone(),
         accepted_with: listener,
         server: (&snap.server).into(),
-        client: ClientInfo::new(peer, proto, port),
+        client,
         stop: stop.clone(),
         local: None,
     };
     Some((Arc::new(ctx), tls))
 }
 
-async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, held: Held) {
+async fn serve_connection(
+    mut ctx: Arc<ConnCtx>,
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    held: Held,
+) {
     let _ = stream.set_nodelay(true);
+    if let Some(trusted) = ctx.accepted_with.proxy_trusted.clone() {
+        if !Box::pin(proxy_header(&stream, &trusted, &mut ctx)).await {
+            return;
+        }
+    }
     let closing = closing(ctx.stop.clone());
     tokio::pin!(closing);
     // Each step is boxed with its own size: the connection's task holds only the largest of what
@@ -173,6 +190,46 @@ async fn serve_connection(ctx: Arc<ConnCtx>, stream: TcpStream, tls: Option<Arc<
         Some(tls) => Box::pin(serve_tls(stream, tls, ctx, closing.as_mut())).await,
     }
     drop(held);
+}
+
+/// The PROXY header of a connection on a listener with `proxy_protocol`: read from a trusted
+/// peer (its source becomes the client's address everywhere: forwarding headers, rules, logs),
+/// refused from any other. False: the connection is to be closed (counted and logged).
+async fn proxy_header(stream: &TcpStream, trusted: &[ipnet::IpNet], ctx: &mut Arc<ConnCtx>) -> bool {
+    use super::proxy_protocol::{read_header, refuse_untrusted, Addresses};
+    let peer = ctx.client.addr.ip().to_canonical();
+    let timeout = ctx.server.header_read_timeout;
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return match refuse_untrusted(stream, timeout).await {
+            Ok(()) => true,
+            Err(r) => refused(ctx, r),
+        };
+    }
+    match read_header(stream, timeout).await {
+        Ok(Addresses::Tcp { src, dst }) => {
+            let c = &mut Arc::make_mut(ctx).client;
+            // The listener port clients see is the balancer's in front (X-Forwarded-Port,
+            // redirects), not this socket's.
+            let mut client = ClientInfo::new(src, c.proto, dst.port());
+            client.dst = Some(dst);
+            *c = client;
+            true
+        }
+        Ok(Addresses::Local) => {
+            // An NLB's TCP health check: a LOCAL header, then the connection closes. Not a
+            // failed handshake or request: it ends here, uncounted.
+            let mut b = [0u8; 1];
+            !matches!(tokio::time::timeout(timeout, stream.peek(&mut b)).await, Ok(Ok(0)))
+        }
+        Err(r) => refused(ctx, r),
+    }
+}
+
+/// Counts and logs a connection closed over its PROXY header; false.
+fn refused(ctx: &ConnCtx, r: super::proxy_protocol::Refused) -> bool {
+    ctx.accepted_with.stats.proxy_protocol_error(r);
+    tracing::debug!(listener = %ctx.listener, peer = %ctx.client.addr, reason = r.as_str(), "PROXY protocol header refused; connection closed");
+    false
 }
 
 /// A TLS connection: the handshake (bounded like a request head: a client that stalls it is

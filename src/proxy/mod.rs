@@ -14,6 +14,7 @@ pub mod forward;
 pub mod h1;
 pub mod h2;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod service;
 pub mod upstream;
 pub mod workers;

@@ -11,6 +11,12 @@
 //! (see [`super::h1::client`]); taking one out checks, without a system call when nothing
 //! arrived, that the target has neither closed it nor sent bytes since: bytes no request asked
 //! for never reach a client. An idle connection holds no buffer.
+//!
+//! A target group with `send_proxy_protocol` starts every connection with a PROXY header naming
+//! one client, so its connections are pooled by target *and* announced endpoints
+//! ([`PoolKey`]): a connection is only reused for requests of the same client connection (as
+//! HAProxy keeps `send-proxy` connections private), never to carry another client's request
+//! under the first one's address.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -29,6 +35,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::error::ProxyError;
+use super::proxy_protocol;
 use crate::config::snapshot::Transport;
 pub use crate::tls::client::Stream;
 use crate::tls::client::{self, DialError};
@@ -50,6 +57,30 @@ pub struct Conn {
     /// Taken from the pool (it carried earlier requests): a close before any response byte may
     /// be the target's keep-alive timeout racing this request.
     pub reused: bool,
+    /// Where it goes back to.
+    pub key: PoolKey,
+}
+
+/// What a pooled connection is for: a target and, when its group sends PROXY headers, the
+/// client endpoints the connection announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    target: u64,
+    announced: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl PoolKey {
+    /// The key of a request from `client` (source, destination) to target `id` over
+    /// `transport` (a client not known is announced as none: `LOCAL`).
+    #[inline]
+    pub fn new(id: u64, transport: &Transport, client: Option<(SocketAddr, SocketAddr)>) -> PoolKey {
+        PoolKey { target: id, announced: transport.proxy_protocol.and(client) }
+    }
+
+    /// The PROXY header a new connection for this key starts with.
+    fn preface(&self, transport: &Transport) -> Option<Vec<u8>> {
+        transport.proxy_protocol.map(|v| proxy_protocol::encode(v, self.announced))
+    }
 }
 
 struct Idle {
@@ -60,8 +91,8 @@ struct Idle {
 /// One worker's connections.
 #[derive(Default)]
 struct Pool {
-    idle: FxHashMap<u64, VecDeque<Idle>>,
-    h2: FxHashMap<u64, http2::SendRequest<H2Body>>,
+    idle: FxHashMap<PoolKey, VecDeque<Idle>>,
+    h2: FxHashMap<PoolKey, http2::SendRequest<H2Body>>,
     last_sweep: Option<Instant>,
 }
 
@@ -79,12 +110,12 @@ fn still_clean(io: &mut Stream) -> bool {
     matches!(Pin::new(io).poll_read(&mut cx, &mut rb), Poll::Pending)
 }
 
-/// An idle connection to target `id` from this worker's pool, newest first; `None` if there is
-/// no clean one.
-pub fn checkout(id: u64, now: Instant) -> Option<Conn> {
+/// An idle connection for `key` from this worker's pool, newest first; `None` if there is no
+/// clean one.
+pub fn checkout(key: &PoolKey, now: Instant) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let idle = p.idle.get_mut(&id)?;
+        let idle = p.idle.get_mut(key)?;
         while let Some(mut c) = idle.pop_back() {
             if now.saturating_duration_since(c.since) > MAX_IDLE_AGE {
                 // The newest is too old, so are all the others.
@@ -92,7 +123,7 @@ pub fn checkout(id: u64, now: Instant) -> Option<Conn> {
                 break;
             }
             if still_clean(&mut c.io) {
-                return Some(Conn { io: c.io, reused: true });
+                return Some(Conn { io: c.io, reused: true, key: *key });
             }
         }
         None
@@ -101,10 +132,10 @@ pub fn checkout(id: u64, now: Instant) -> Option<Conn> {
 
 /// Returns a connection whose exchange ended cleanly (response read to its end, nothing left
 /// over, no `Connection: close`) to this worker's pool; `now` is about the time it became idle.
-pub fn checkin(id: u64, conn: Conn, now: Instant) {
+pub fn checkin(conn: Conn, now: Instant) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let idle = p.idle.entry(id).or_default();
+        let idle = p.idle.entry(conn.key).or_default();
         // Drop from the old end what has aged out.
         let stale = idle.iter().take_while(|c| now.duration_since(c.since) > MAX_IDLE_AGE).count();
         if stale > 0 {
@@ -129,41 +160,48 @@ pub fn checkin(id: u64, conn: Conn, now: Instant) {
     });
 }
 
-/// Opens a connection to `addr` ([`client::dial`]) for traffic.
-async fn open(addr: SocketAddr, transport: &Transport) -> Result<Stream, ProxyError> {
-    client::dial(addr, transport.tls.as_deref(), transport.connect_timeout).await.map_err(|e| match e {
-        DialError::Connect(source) => ProxyError::Connect { addr, source },
-        DialError::Tls(source) => ProxyError::Tls { addr, source },
-        DialError::Timeout => ProxyError::ConnectTimeout(addr),
+/// Opens a connection to `addr` ([`client::dial`]) for traffic of `key`.
+async fn open(addr: SocketAddr, transport: &Transport, key: &PoolKey) -> Result<Stream, ProxyError> {
+    let preface = key.preface(transport);
+    client::dial(addr, transport.tls.as_deref(), transport.connect_timeout, preface.as_deref()).await.map_err(|e| {
+        match e {
+            DialError::Connect(source) => ProxyError::Connect { addr, source },
+            DialError::Tls(source) => ProxyError::Tls { addr, source },
+            DialError::Timeout => ProxyError::ConnectTimeout(addr),
+        }
     })
 }
 
-/// A new HTTP/1.1 connection to `addr`.
-pub async fn connect_h1(addr: SocketAddr, transport: &Transport) -> Result<Conn, ProxyError> {
-    let io = open(addr, transport).await?;
-    Ok(Conn { io, reused: false })
+/// A new HTTP/1.1 connection to `addr` for `key`.
+pub async fn connect_h1(addr: SocketAddr, transport: &Transport, key: &PoolKey) -> Result<Conn, ProxyError> {
+    let io = open(addr, transport, key).await?;
+    Ok(Conn { io, reused: false, key: *key })
 }
 
-/// This worker's HTTP/2 connection to target `id` at `addr`, opened when there is none (or it
+/// This worker's HTTP/2 connection for `key` at `addr`, opened when there is none (or it
 /// closed).
 pub async fn h2_sender(
-    id: u64,
+    key: PoolKey,
     addr: SocketAddr,
     transport: &Transport,
 ) -> Result<http2::SendRequest<H2Body>, ProxyError> {
-    let cached = POOL.with(|p| p.borrow().h2.get(&id).filter(|tx| !tx.is_closed()).cloned());
+    let cached = POOL.with(|p| p.borrow().h2.get(&key).filter(|tx| !tx.is_closed()).cloned());
     if let Some(mut tx) = cached {
         if tx.ready().await.is_ok() {
             return Ok(tx);
         }
     }
-    let tx = Box::pin(connect_h2(addr, transport)).await?;
-    POOL.with(|p| p.borrow_mut().h2.insert(id, tx.clone()));
+    let tx = Box::pin(connect_h2(addr, transport, &key)).await?;
+    POOL.with(|p| p.borrow_mut().h2.insert(key, tx.clone()));
     Ok(tx)
 }
 
-async fn connect_h2(addr: SocketAddr, transport: &Transport) -> Result<http2::SendRequest<H2Body>, ProxyError> {
-    let io = open(addr, transport).await?;
+async fn connect_h2(
+    addr: SocketAddr,
+    transport: &Transport,
+    key: &PoolKey,
+) -> Result<http2::SendRequest<H2Body>, ProxyError> {
+    let io = open(addr, transport, key).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))

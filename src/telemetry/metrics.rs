@@ -13,6 +13,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 use crate::auth::jwt::{JwtStats, Reason};
+use crate::proxy::proxy_protocol::Refused;
 use crate::shard::{Counter, Sharded};
 use crate::tls::mtls::Failure;
 
@@ -135,6 +136,8 @@ pub struct ListenerStats {
     pub request_duration: Histogram,
     /// Mutual TLS handshakes refused, by [`Failure`] (in `Failure::ALL` order).
     pub mtls_failures: [AtomicU64; Failure::ALL.len()],
+    /// Connections closed over their PROXY header, by [`Refused`] (in `Refused::ALL` order).
+    pub proxy_protocol_errors: [AtomicU64; Refused::ALL.len()],
 }
 
 impl ListenerStats {
@@ -142,6 +145,11 @@ impl ListenerStats {
     pub fn mtls_failure(&self, f: Failure) {
         // (`Failure::ALL` lists the reasons in declaration order: a unit test checks it.)
         self.mtls_failures[f as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one connection closed over its PROXY header.
+    pub fn proxy_protocol_error(&self, r: Refused) {
+        self.proxy_protocol_errors[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Refused client certificates, every reason.
@@ -347,6 +355,20 @@ impl Metrics {
                         "pilotfish_mtls_failures_total{{listener=\"{}\",reason=\"{}\"}} {n}",
                         esc(l),
                         f.as_str()
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP pilotfish_proxy_protocol_errors_total Connections closed over their PROXY protocol header (missing, malformed, from an untrusted peer...), by reason.\n# TYPE pilotfish_proxy_protocol_errors_total counter\n");
+        for (l, s) in &ls {
+            for (r, n) in Refused::ALL.iter().zip(&s.proxy_protocol_errors) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "pilotfish_proxy_protocol_errors_total{{listener=\"{}\",reason=\"{}\"}} {n}",
+                        esc(l),
+                        r.as_str()
                     );
                 }
             }

@@ -93,12 +93,20 @@ pub enum DialError {
     Timeout,
 }
 
-/// Opens a connection to `addr`: TCP within `timeout`, then TLS when `tls` is set (the whole
-/// handshake within the same budget).
-pub async fn dial(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<Stream, DialError> {
+/// Opens a connection to `addr`: TCP within `timeout`, `preface` written (a PROXY header),
+/// then TLS when `tls` is set (the whole handshake within the same budget).
+pub async fn dial(
+    addr: SocketAddr,
+    tls: Option<&UpstreamTls>,
+    timeout: Duration,
+    preface: Option<&[u8]>,
+) -> Result<Stream, DialError> {
     let work = async {
-        let stream = TcpStream::connect(addr).await.map_err(DialError::Connect)?;
+        let mut stream = TcpStream::connect(addr).await.map_err(DialError::Connect)?;
         let _ = stream.set_nodelay(true);
+        if let Some(p) = preface {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, p).await.map_err(DialError::Connect)?;
+        }
         let Some(tls) = tls else { return Ok(Stream::Tcp(stream)) };
         let name = tls.server_name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let s =

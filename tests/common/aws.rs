@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 
 use super::poll_until;
 
-fn venv() -> PathBuf {
+/// The test venv (moto_server, cfn-lint): `PILOTFISH_VENV`, else `.venv` in the repository.
+pub fn venv() -> PathBuf {
     std::env::var_os("PILOTFISH_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"))

@@ -400,16 +400,20 @@ pub async fn wait_metrics_at(admin: SocketAddr, within: Duration, f: impl Fn(&st
 /// moto; the offline check of the other examples skips it.
 pub const README_AWS_MARKER: &str = "<!-- this example is checked against moto_server by tests/aws_sources.rs -->\n";
 
-/// Every ```toml block of the README, each with whether it is marked as reading AWS.
+/// Every ```toml block of the README and deploy/README.md, each with whether it is marked as
+/// reading AWS.
 pub fn readme_toml_blocks() -> Vec<(bool, String)> {
-    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let mut parts = readme.split("```toml\n");
-    let mut before = parts.next().unwrap_or_default();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut blocks = Vec::new();
-    for part in parts {
-        let block = part.split("\n```").next().unwrap();
-        blocks.push((before.ends_with(README_AWS_MARKER), block.to_string()));
-        before = part;
+    for doc in ["README.md", "deploy/README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let mut parts = text.split("```toml\n");
+        let mut before = parts.next().unwrap_or_default();
+        for part in parts {
+            let block = part.split("\n```").next().unwrap();
+            blocks.push((before.ends_with(README_AWS_MARKER), block.to_string()));
+            before = part;
+        }
     }
     blocks
 }

@@ -40,6 +40,8 @@ pub(super) struct ListenerDef {
     pub max_request_body: Option<u64>,
     /// `response_headers` and `server_header = false`.
     pub response_edits: Option<HeaderEdits>,
+    /// `proxy_protocol.trusted`: peers whose connections start with a PROXY header.
+    pub proxy_trusted: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// An https listener's certificates (names) and ALPN list.
@@ -150,8 +152,30 @@ fn compile<'a>(
         default_action: optional(default_action)?,
         max_request_body: l.max_request_body.as_ref().map(|m| *m.get_ref()),
         response_edits,
+        proxy_trusted: l.proxy_protocol.as_ref().map(|p| proxy_trusted(cx, p.get_ref())),
     };
     cx.clean_since(mark).then_some(def)
+}
+
+/// `proxy_protocol = { trusted = [...] }`: the networks, every entry a CIDR or an address.
+fn proxy_trusted(cx: &mut Ctx<'_>, p: &file::ProxyProtocol) -> Arc<[ipnet::IpNet]> {
+    let mut nets = Vec::new();
+    for ip in p.trusted.get_ref() {
+        match rule::parse_cidr(ip.get_ref()) {
+            Some(net) => nets.push(net),
+            None => cx.err(
+                ip.span(),
+                format!(
+                    "bad CIDR {:?} in proxy_protocol.trusted: expected e.g. \"10.0.0.0/16\" (the NLB's subnets)",
+                    ip.get_ref()
+                ),
+            ),
+        }
+    }
+    if p.trusted.get_ref().is_empty() {
+        cx.err(p.trusted.span(), "proxy_protocol.trusted lists no peer: name the balancer's addresses (CIDRs)");
+    }
+    nets.into()
 }
 
 /// The TLS keys of https listener `name` (None when they are wrong).

@@ -555,6 +555,7 @@ fn build(
                 tls: lp.tls,
                 mtls: l.tls.as_ref().and_then(|t| t.mtls.as_ref()).map(|m| m.settings.mode),
                 max_request_body: l.max_request_body,
+                proxy_trusted: l.proxy_trusted,
             })
         })
         .collect();

@@ -186,14 +186,14 @@ fn conditions(cx: &mut Ctx<'_>, r: &file::Rule) -> Option<Conditions> {
     cx.clean_since(mark).then_some(c)
 }
 
-fn empty_list<T>(cx: &mut Ctx<'_>, list: &Spanned<Vec<T>>, what: &str) {
+pub(super) fn empty_list<T>(cx: &mut Ctx<'_>, list: &Spanned<Vec<T>>, what: &str) {
     if list.get_ref().is_empty() {
         cx.err(list.span(), format!("empty {what} list: remove the condition to match any {what}"));
     }
 }
 
 /// Parses a CIDR; a bare address is a single-host network.
-fn parse_cidr(s: &str) -> Option<IpNet> {
+pub(super) fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>().ok().map(|n| n.trunc()).or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 

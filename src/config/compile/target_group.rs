@@ -3,6 +3,7 @@
 //! scales. The group itself ([`crate::balance::TargetGroup`]) is built only when the whole
 //! configuration compiles: building it takes over the running group's targets.
 
+use crate::proxy::proxy_protocol::Version;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +92,11 @@ fn compile(cx: &mut Ctx<'_>, tg: &Spanned<file::TargetGroup>, has_cloudwatch: bo
             *field = d.0;
         }
     }
+    transport.proxy_protocol = match tg.send_proxy_protocol {
+        file::SendProxyProtocol::Off => None,
+        file::SendProxyProtocol::V1 => Some(Version::V1),
+        file::SendProxyProtocol::V2 => Some(Version::V2),
+    };
     let mut settings = GroupSettings::new(tg.algorithm.into());
     if let Some(v) = &tg.slow_start {
         if v.get_ref().0 > Duration::from_secs(3600) {

@@ -218,6 +218,8 @@ pub struct Attempts {
     pub count: u32,
     /// The target to try first (a sticky session's), when it takes traffic.
     pub preferred: Option<Arc<Target>>,
+    /// The client's endpoints, for target groups that announce them (PROXY headers).
+    pub client: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// The first target of a request: the sticky one or a pick, claimed at once when a target has
@@ -329,12 +331,13 @@ pub async fn send<O: Outbound>(
         attempts.count += 1;
         attempts.target = Some(target.addr);
         let now = if attempts.count == 1 && !queued { head_at } else { Instant::now() };
-        let pooled = if fresh_only { None } else { upstream::checkout(target.id, now) };
+        let key = upstream::PoolKey::new(target.id, settings, attempts.client);
+        let pooled = if fresh_only { None } else { upstream::checkout(&key, now) };
         let (mut conn, sent_at) = match pooled {
             Some(c) => (c, now),
             // Boxed: opening a connection (TCP, TLS) is rare on a warm pool, and its state would
             // otherwise sit in every request's future.
-            None => match Box::pin(upstream::connect_h1(target.addr, settings)).await {
+            None => match Box::pin(upstream::connect_h1(target.addr, settings, &key)).await {
                 Ok(c) => (c, Instant::now()),
                 Err(e) => {
                     tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");

@@ -746,7 +746,8 @@ async fn forward<S: ClientIo>(
         rewritten_host: changes.host.as_deref().map(str::as_bytes),
         rewritten_path: changes.path.as_deref().map(str::as_bytes),
     };
-    let mut attempts = client::Attempts { preferred: changes.preferred(), ..Default::default() };
+    let mut attempts =
+        client::Attempts { preferred: changes.preferred(), client: Some(ctx.client.endpoints()), ..Default::default() };
     let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body, changes);
     let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, head_at).await;
     log.with(|r| r.target = attempts.target);
@@ -913,7 +914,7 @@ async fn relay<S: ClientIo>(
             if reusable {
                 drop(tbuf);
                 // Idle since the body's end: the head's time when it came with the head.
-                upstream::checkin(target.id, conn, if read_more { Instant::now() } else { head_at });
+                upstream::checkin(conn, if read_more { Instant::now() } else { head_at });
             }
             log.finish(None);
             if close {
