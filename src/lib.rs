@@ -10,6 +10,7 @@ pub mod balance;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod import;
 pub mod proxy;
 pub mod routing;
 pub mod server;

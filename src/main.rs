@@ -1,5 +1,6 @@
-//! The `pilotfish` command: `run`, `check`, `demo`, `healthcheck`.
+//! The `pilotfish` command: `run`, `check`, `demo`, `healthcheck`, `import copilot`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,6 +44,71 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:9901/readyz")]
         url: String,
     },
+    /// Make a configuration from another tool's description of the services.
+    #[command(subcommand)]
+    Import(Import),
+}
+
+#[derive(Subcommand)]
+enum Import {
+    /// Turn AWS Copilot Load Balanced Web Service manifests into a pilotfish configuration;
+    /// prints what it could not map (stderr, and as comments in the output).
+    Copilot(CopilotArgs),
+}
+
+#[derive(clap::Args)]
+struct CopilotArgs {
+    /// The Copilot application (default: `application:` of copilot/.workspace beside the
+    /// manifests' folders).
+    #[arg(long)]
+    app: Option<String>,
+    /// The environment whose `environments:` overrides apply and whose Cloud Map namespace
+    /// (<env>.<app>.local) the targets are found in.
+    #[arg(long)]
+    env: String,
+    /// Write the configuration here instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// An exportable ACM certificate for the https listener (repeatable; the first is the
+    /// default). Without one, only the http listener is made.
+    #[arg(long = "certificate-arn", value_name = "ARN")]
+    certificate_arns: Vec<String>,
+    /// [aws] region (default: the certificate ARN's region; else none is written and the SDK
+    /// reads AWS_REGION at run time).
+    #[arg(long)]
+    region: Option<String>,
+    /// The http listener's port (pilotfish's task definition maps 8080).
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// The https listener's port (pilotfish's task definition maps 8443).
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
+    /// Where targets are found: cloud_map (Copilot's service discovery) or ecs (the service's tasks).
+    #[arg(long, value_enum, default_value_t = DiscoveryArg::CloudMap)]
+    discovery: DiscoveryArg,
+    /// The environment's ECS cluster (required with --discovery ecs; enables autoscaling from `count`).
+    #[arg(long)]
+    cluster: Option<String>,
+    /// The ECS service name of a Copilot service, SVC=NAME (repeatable; default: SVC).
+    #[arg(long = "ecs-service", value_name = "SVC=NAME", value_parser = svc_name)]
+    ecs_services: Vec<(String, String)>,
+    /// manifest.yml files.
+    #[arg(required = true, value_name = "MANIFEST")]
+    manifests: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DiscoveryArg {
+    #[value(name = "cloud_map", alias = "cloud-map")]
+    CloudMap,
+    Ecs,
+}
+
+fn svc_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((svc, name)) if !svc.is_empty() && !name.is_empty() => Ok((svc.into(), name.into())),
+        _ => Err("expected SVC=NAME".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -57,6 +123,7 @@ fn main() -> ExitCode {
         Command::Check { config } => return check(&config),
         Command::Demo => demo(),
         Command::Healthcheck { url } => return healthcheck(&url),
+        Command::Import(Import::Copilot(args)) => import_copilot(args),
     };
     match result {
         Ok(code) => code,
@@ -131,6 +198,65 @@ fn check(source: &ConfigSource) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn import_copilot(args: CopilotArgs) -> anyhow::Result<ExitCode> {
+    use pilotfish::import::copilot;
+    let mut manifests = Vec::new();
+    let mut unreadable = false;
+    for path in &args.manifests {
+        match std::fs::read_to_string(path) {
+            Ok(text) => manifests.push(copilot::Manifest { file: path.display().to_string(), text }),
+            Err(e) => {
+                eprintln!("{}: cannot read the manifest: {e}", path.display());
+                unreadable = true;
+            }
+        }
+    }
+    if unreadable {
+        return Ok(ExitCode::from(2));
+    }
+    let Some(app) = args.app.clone().or_else(|| args.manifests.iter().find_map(|m| copilot::workspace_app(m))) else {
+        eprintln!("pilotfish import copilot: needs --app (no copilot/.workspace beside the manifests names one)");
+        return Ok(ExitCode::from(2));
+    };
+    let mut opts = copilot::Options::new(&app, &args.env);
+    opts.http_port = args.http_port;
+    opts.https_port = args.https_port;
+    opts.certificate_arns = args.certificate_arns;
+    opts.region = args.region;
+    opts.discovery = match args.discovery {
+        DiscoveryArg::CloudMap => copilot::Discovery::CloudMap,
+        DiscoveryArg::Ecs => copilot::Discovery::Ecs,
+    };
+    opts.cluster = args.cluster;
+    opts.ecs_services = args.ecs_services.into_iter().collect();
+    let imported = match copilot::import(&opts, &manifests) {
+        Ok(i) => i,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    for n in &imported.notes {
+        eprintln!("{n}");
+    }
+    let unmapped = imported.notes.iter().filter(|n| n.kind == pilotfish::import::NoteKind::Unmapped).count();
+    match &args.output {
+        Some(path) => std::fs::write(path, &imported.toml).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", imported.toml),
+    }
+    eprintln!(
+        "pilotfish import copilot: {} service(s), {} rule(s), {} target group(s){}; {unmapped} field(s) not mapped{}",
+        imported.services,
+        imported.rules,
+        imported.target_groups,
+        args.output.as_ref().map_or(String::new(), |p| format!(" written to {}", p.display())),
+        if unmapped > 0 { " (listed above, and as comments in the configuration)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn demo() -> anyhow::Result<ExitCode> {
