@@ -677,6 +677,32 @@ pub struct Aws {
 pub struct Discovery {
     pub cloud_map: Option<Spanned<CloudMap>>,
     pub ecs: Option<Spanned<Ecs>>,
+    pub dns: Option<Spanned<Dns>>,
+}
+
+/// `dns = { name, type, port, refresh, resolver }`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    pub name: Spanned<String>,
+    /// A (default) | AAAA | SRV
+    #[serde(rename = "type", default)]
+    pub kind: DnsType,
+    /// The targets' port (A and AAAA; SRV records carry their own).
+    pub port: Option<Spanned<u16>>,
+    /// The longest time between two lookups (a shorter TTL asks sooner).
+    pub refresh: Option<Spanned<Dur>>,
+    /// `"IP"` or `"IP:PORT"` of the DNS server (default: /etc/resolv.conf's).
+    pub resolver: Option<Spanned<String>>,
+}
+
+/// The record type a `dns` discovery asks for.
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsType {
+    #[default]
+    A,
+    AAAA,
+    SRV,
 }
 
 /// `cloud_map = { namespace, service, refresh, health_status, port }`.

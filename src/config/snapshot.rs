@@ -328,8 +328,29 @@ pub struct AwsSettings {
 /// Where a target group's targets come from when not static.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiscoverySpec {
-    CloudMap { namespace: String, service: String, health_status: String, port: Option<u16>, refresh: Duration },
-    Ecs { cluster: String, service: String, container_name: Option<String>, container_port: u16, refresh: Duration },
+    CloudMap {
+        namespace: String,
+        service: String,
+        health_status: String,
+        port: Option<u16>,
+        refresh: Duration,
+    },
+    Ecs {
+        cluster: String,
+        service: String,
+        container_name: Option<String>,
+        container_port: u16,
+        refresh: Duration,
+    },
+    /// A / AAAA records (with `port`) or SRV records of `name`, from `resolver` (None: the
+    /// system's).
+    Dns {
+        name: String,
+        kind: crate::config::file::DnsType,
+        port: Option<u16>,
+        refresh: Duration,
+        resolver: Option<SocketAddr>,
+    },
 }
 
 impl DiscoverySpec {
@@ -339,19 +360,25 @@ impl DiscoverySpec {
     pub const CLOUD_MAP_REFRESH: Duration = Duration::from_secs(10);
     /// How often ECS is asked when `refresh` is not set.
     pub const ECS_REFRESH: Duration = Duration::from_secs(15);
+    /// The longest time between DNS lookups when `refresh` is not set (a shorter TTL asks
+    /// sooner).
+    pub const DNS_REFRESH: Duration = Duration::from_secs(30);
 
-    /// `cloud_map` or `ecs`, as `/targets` shows it.
+    /// `cloud_map`, `ecs` or `dns`, as `/targets` shows it.
     pub fn source(&self) -> &'static str {
         match self {
             DiscoverySpec::CloudMap { .. } => "cloud_map",
             DiscoverySpec::Ecs { .. } => "ecs",
+            DiscoverySpec::Dns { .. } => "dns",
         }
     }
 
     /// How often the source is asked.
     pub fn refresh(&self) -> Duration {
         match self {
-            DiscoverySpec::CloudMap { refresh, .. } | DiscoverySpec::Ecs { refresh, .. } => *refresh,
+            DiscoverySpec::CloudMap { refresh, .. }
+            | DiscoverySpec::Ecs { refresh, .. }
+            | DiscoverySpec::Dns { refresh, .. } => *refresh,
         }
     }
 }

@@ -164,7 +164,10 @@ fn aws(cx: &mut Ctx<'_>, cfg: &FileConfig) -> Option<AwsSettings> {
         }
     }
     let uses_aws = cfg.cloudwatch.is_some()
-        || cfg.target_groups.iter().any(|t| t.get_ref().discovery.is_some() || t.get_ref().autoscaling.is_some())
+        || cfg.target_groups.iter().any(|t| {
+            let t = t.get_ref();
+            t.discovery.as_ref().is_some_and(|d| d.get_ref().dns.is_none()) || t.autoscaling.is_some()
+        })
         || !material::wanted_of(cfg).is_empty();
     if uses_aws
         && a.and_then(|a| a.region.as_ref()).is_none()

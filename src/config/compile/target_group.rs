@@ -310,11 +310,15 @@ fn discovery(cx: &mut Ctx<'_>, group: &str, d: &Spanned<file::Discovery>, has_ta
     if has_targets {
         cx.err(d.span(), format!("target group {group:?}: use either targets or discovery, not both"));
     }
-    let spec = match (&d.get_ref().cloud_map, &d.get_ref().ecs) {
-        (Some(_), Some(_)) | (None, None) => {
-            cx.err(d.span(), format!("target group {group:?}: discovery needs exactly one of cloud_map or ecs"));
-            return None;
-        }
+    let d_ref = d.get_ref();
+    let sources = [d_ref.cloud_map.is_some(), d_ref.ecs.is_some(), d_ref.dns.is_some()];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        cx.err(d.span(), format!("target group {group:?}: discovery needs exactly one of cloud_map, ecs or dns"));
+        return None;
+    }
+    let spec = match (&d_ref.cloud_map, &d_ref.ecs) {
+        _ if d_ref.dns.is_some() => dns(cx, d_ref.dns.as_ref()?)?,
+        (Some(_), Some(_)) | (None, None) => return None,
         (Some(cm), None) => {
             let c = cm.get_ref();
             let health_status = match &c.health_status {
@@ -355,6 +359,69 @@ fn discovery(cx: &mut Ctx<'_>, group: &str, d: &Spanned<file::Discovery>, has_ta
         }
     };
     cx.clean_since(mark).then_some(spec)
+}
+
+/// `discovery.dns`.
+fn dns(cx: &mut Ctx<'_>, d: &Spanned<file::Dns>) -> Option<DiscoverySpec> {
+    let v = d.get_ref();
+    let name = v.name.get_ref().trim_end_matches('.');
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        cx.err(
+            v.name.span(),
+            format!(
+                "bad DNS name {:?}: expected e.g. \"api.prod.local\" or \"_http._tcp.api.prod.local\"",
+                v.name.get_ref()
+            ),
+        );
+    }
+    let port = match (v.kind, &v.port) {
+        (file::DnsType::SRV, Some(p)) => {
+            cx.err(p.span(), "SRV records carry the port: remove port (or ask for A / AAAA records)");
+            None
+        }
+        (file::DnsType::SRV, None) => None,
+        (_, Some(p)) if *p.get_ref() == 0 => {
+            cx.err(p.span(), "port must be 1..=65535");
+            None
+        }
+        (_, Some(p)) => Some(*p.get_ref()),
+        (_, None) => {
+            cx.err(v.name.span(), "A and AAAA records name no port: set port (the targets' port)");
+            None
+        }
+    };
+    if let Some(r) = &v.refresh {
+        if r.get_ref().0 < Duration::from_millis(100) {
+            cx.err(r.span(), "dns refresh must be at least 100ms");
+        }
+    }
+    let resolver = match &v.resolver {
+        None => None,
+        Some(r) => {
+            let text = r.get_ref();
+            let parsed = text
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            if parsed.is_none() {
+                cx.err(
+                    r.span(),
+                    format!("bad resolver {text:?}: expected \"IP\" or \"IP:PORT\" (e.g. \"10.0.0.2:53\")"),
+                );
+            }
+            parsed
+        }
+    };
+    Some(DiscoverySpec::Dns {
+        name: name.to_string(),
+        kind: v.kind,
+        port,
+        refresh: v.refresh.as_ref().map_or(DiscoverySpec::DNS_REFRESH, |r| r.get_ref().0),
+        resolver,
+    })
 }
 
 /// `[target_groups.autoscaling]`.

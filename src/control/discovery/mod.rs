@@ -1,14 +1,16 @@
 //! Service discovery on the control thread: one loop per discovered target group, asking AWS
-//! Cloud Map ([`cloud_map`]) or ECS ([`ecs`]) every `refresh`, and applying the answer as a diff
+//! Cloud Map ([`cloud_map`]) or ECS ([`ecs`]) every `refresh`, or DNS ([`dns`]) when the
+//! answer's TTL runs out (within `refresh`), and applying the answer as a diff
 //! through [`TargetGroup::update`](crate::balance::TargetGroup::update) (unchanged targets keep
 //! their state; removed ones drain; an identical answer publishes nothing).
 //!
-//! Faults never empty a group: an API error, throttling or timeout keeps the last known targets,
+//! Faults never empty a group: an API error, throttling, timeout or NXDOMAIN keeps the last known targets,
 //! is counted (`pilotfish_discovery_errors_total`), logged once per failure streak with the AWS
 //! operation and error code, and retried with capped exponential backoff and jitter. The
 //! supervisor follows reloads: loops start, stop or restart when a group's source changes.
 
 pub mod cloud_map;
+pub mod dns;
 pub mod ecs;
 
 use std::collections::HashMap;
@@ -26,14 +28,46 @@ use crate::state::{DiscoveryStatus, SharedState};
 enum Source {
     CloudMap(cloud_map::CloudMap),
     Ecs(ecs::Ecs),
+    Dns(Box<dns::Dns>),
 }
 
 impl Source {
-    async fn fetch(&self) -> Result<Vec<TargetSpec>, AwsError> {
+    /// The targets now, and when to ask again.
+    async fn fetch(&self, refresh: Duration) -> Result<(Vec<TargetSpec>, Duration), AwsError> {
         match self {
-            Source::CloudMap(c) => c.fetch().await,
-            Source::Ecs(e) => e.fetch().await,
+            Source::CloudMap(c) => Ok((c.fetch().await?, refresh)),
+            Source::Ecs(e) => Ok((e.fetch().await?, refresh)),
+            Source::Dns(d) => d.fetch().await.map(|f| (f.targets, dns::next_lookup(f.ttl, refresh))),
         }
+    }
+
+    /// The source `spec` names (AWS clients from `aws`).
+    async fn new(spec: &DiscoverySpec, aws: &AwsSettings) -> Result<Source, AwsError> {
+        if let DiscoverySpec::Dns { name, kind, port, resolver, .. } = spec {
+            return dns::Dns::new(name, *kind, *port, *resolver).map(|d| Source::Dns(Box::new(d)));
+        }
+        let sdk = sdk_config(aws).await;
+        let custom_endpoint = aws.endpoint_url.is_some();
+        Ok(match spec {
+            DiscoverySpec::CloudMap { namespace, service, health_status, port, .. } => {
+                Source::CloudMap(cloud_map::CloudMap::new(
+                    &sdk,
+                    custom_endpoint,
+                    namespace.clone(),
+                    service.clone(),
+                    health_status.clone(),
+                    *port,
+                ))
+            }
+            DiscoverySpec::Ecs { cluster, service, container_name, container_port, .. } => Source::Ecs(ecs::Ecs::new(
+                &sdk,
+                cluster.clone(),
+                service.clone(),
+                container_name.clone(),
+                *container_port,
+            )),
+            DiscoverySpec::Dns { .. } => unreachable!("handled above"),
+        })
     }
 }
 
@@ -73,29 +107,29 @@ pub fn backoff(refresh: Duration, failures: u32) -> Duration {
 }
 
 async fn run(state: Arc<SharedState>, group: Arc<str>, spec: DiscoverySpec, aws: AwsSettings) {
-    let sdk = sdk_config(&aws).await;
-    let custom_endpoint = aws.endpoint_url.is_some();
-    let source = match &spec {
-        DiscoverySpec::CloudMap { namespace, service, health_status, port, .. } => {
-            Source::CloudMap(cloud_map::CloudMap::new(
-                &sdk,
-                custom_endpoint,
-                namespace.clone(),
-                service.clone(),
-                health_status.clone(),
-                *port,
-            ))
-        }
-        DiscoverySpec::Ecs { cluster, service, container_name, container_port, .. } => {
-            Source::Ecs(ecs::Ecs::new(&sdk, cluster.clone(), service.clone(), container_name.clone(), *container_port))
-        }
-    };
     state.discovery.insert(group.clone(), DiscoveryStatus::default());
     let refresh = spec.refresh();
+    let source = match Source::new(&spec, &aws).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing to ask: the group keeps what it has until a reload changes the source.
+            state.metrics.discovery_error(&group);
+            tracing::error!(target_group = %group, operation = e.operation, code = %e.code, error = %e.message,
+                "discovery cannot start; the group keeps its targets");
+            if let Some(mut s) = state.discovery.get_mut(&group) {
+                s.last_error = Some(e.to_string());
+            }
+            return;
+        }
+    };
     let mut failures = 0u32;
+    // The interval backoff starts from: the last answer's (a DNS TTL can make it much shorter
+    // than refresh), before any answer at most 5 s.
+    let mut pace = refresh.min(Duration::from_secs(5));
     loop {
-        match source.fetch().await {
-            Ok(specs) => {
+        match source.fetch(refresh).await {
+            Ok((specs, next)) => {
+                pace = next;
                 if failures > 0 {
                     tracing::info!(target_group = %group, after = failures, "discovery recovered");
                 }
@@ -110,7 +144,7 @@ async fn run(state: Arc<SharedState>, group: Arc<str>, spec: DiscoverySpec, aws:
                 state
                     .discovery
                     .insert(group.clone(), DiscoveryStatus { last_refresh_unix_ms: Some(now), last_error: None });
-                tokio::time::sleep(refresh).await;
+                tokio::time::sleep(next).await;
             }
             Err(e) => {
                 state.metrics.discovery_error(&group);
@@ -122,7 +156,7 @@ async fn run(state: Arc<SharedState>, group: Arc<str>, spec: DiscoverySpec, aws:
                 if let Some(mut s) = state.discovery.get_mut(&group) {
                     s.last_error = Some(e.to_string());
                 }
-                tokio::time::sleep(backoff(refresh, failures)).await;
+                tokio::time::sleep(backoff(pace, failures)).await;
             }
         }
     }
