@@ -92,6 +92,10 @@ struct CopilotArgs {
     /// The ECS service name of a Copilot service, SVC=NAME (repeatable; default: SVC).
     #[arg(long = "ecs-service", value_name = "SVC=NAME", value_parser = svc_name)]
     ecs_services: Vec<(String, String)>,
+    /// Peers whose PROXY protocol headers both listeners read (repeatable): the NLB in front,
+    /// e.g. its subnets' CIDRs (deploy/cloudformation.yaml turns PROXY v2 on).
+    #[arg(long = "proxy-trusted", value_name = "CIDR")]
+    proxy_trusted: Vec<String>,
     /// manifest.yml files.
     #[arg(required = true, value_name = "MANIFEST")]
     manifests: Vec<PathBuf>,
@@ -231,6 +235,7 @@ fn import_copilot(args: CopilotArgs) -> anyhow::Result<ExitCode> {
     };
     opts.cluster = args.cluster;
     opts.ecs_services = args.ecs_services.into_iter().collect();
+    opts.proxy_trusted = args.proxy_trusted;
     let imported = match copilot::import(&opts, &manifests) {
         Ok(i) => i,
         Err(errors) => {

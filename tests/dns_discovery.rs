@@ -138,8 +138,12 @@ async fn srv_records_give_ports_and_weights_and_traffic_follows_them() {
     // The records change: one gone, weights changed; all-zero weights would be equal.
     dns.set(&records(&[(p2, 0, 0), (p3, 0, 0)]));
     wait_targets(&lb, "api", &[format!("127.0.0.1:{p2} 100"), format!("127.0.0.1:{p3} 100")]).await;
-    dns.set(&records(&[(p2, 0, 5000), (p3, 0, 0)]));
-    wait_targets(&lb, "api", &[format!("127.0.0.1:{p2} 999"), format!("127.0.0.1:{p3} 1")]).await;
+    // Weights beyond pilotfish's 999 are scaled to the largest; a target name that does not
+    // resolve is left out, the others stay.
+    let mut r = records(&[(p2, 0, 4000), (p3, 0, 2000)]);
+    r.push("srv-host=_http._tcp.api.pf.test,gone.pf.test,9,0,10".into());
+    dns.set(&r);
+    wait_targets(&lb, "api", &[format!("127.0.0.1:{p2} 999"), format!("127.0.0.1:{p3} 499")]).await;
     let got = get(&client(), &lb.url("web", "/after")).await;
     assert_eq!(got.status.as_u16(), 200);
 }

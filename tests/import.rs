@@ -446,10 +446,30 @@ async fn an_acm_certificate_makes_the_https_listener_and_http_redirects() {
         .unwrap();
 
     let (f, a) = (manifest("frontend"), manifest("api"));
-    let out = import(&["--app", "shop", "--env", "prod", "--certificate-arn", &arn, &f, &a]);
+    let out = import(&[
+        "--app",
+        "shop",
+        "--env",
+        "prod",
+        "--certificate-arn",
+        &arn,
+        "--proxy-trusted",
+        "10.0.0.0/24",
+        "--proxy-trusted",
+        "10.0.1.0/24",
+        &f,
+        &a,
+    ]);
     let (stdout, stderr) = imported(&out);
     let cfg = parse(&stdout);
     assert_eq!(cfg["aws"]["region"].as_str(), Some("us-east-1"), "the certificate's region");
+    for l in ["http", "https"] {
+        assert_eq!(
+            named(&cfg, "listeners", l)["proxy_protocol"]["trusted"],
+            toml::Value::from(vec!["10.0.0.0/24", "10.0.1.0/24"]),
+            "{l}: behind the NLB"
+        );
+    }
     assert_element(&cfg, "certificates", "acm-1", &format!("acm = {:?}", arn));
     assert_eq!(names(&cfg, "listeners"), ["http", "https"]);
     assert_element(
@@ -457,6 +477,7 @@ async fn an_acm_certificate_makes_the_https_listener_and_http_redirects() {
         "listeners",
         "http",
         r#"bind = "0.0.0.0:8080"
+proxy_protocol = { trusted = ["10.0.0.0/24", "10.0.1.0/24"] }
 default_action = { redirect = { protocol = "https", port = 443, status = 301 } }"#,
     );
     assert_element(
@@ -465,13 +486,15 @@ default_action = { redirect = { protocol = "https", port = 443, status = 301 } }
         "https",
         r#"bind = "0.0.0.0:8443"
 protocol = "https"
-certificates = ["acm-1"]"#,
+certificates = ["acm-1"]
+proxy_protocol = { trusted = ["10.0.0.0/24", "10.0.1.0/24"] }"#,
     );
-    // frontend redirects: its rule is on https only; api does not: on both.
-    assert_eq!(named(&cfg, "rules", "frontend")["listeners"], toml::Value::from(vec!["https"]));
-    for r in ["api", "api-1", "api-2"] {
-        assert_eq!(named(&cfg, "rules", r)["listeners"], toml::Value::from(vec!["http", "https"]), "{r}");
+    // redirect_to_https is Copilot's default: frontend (true) and api (unset) are on https only,
+    // and so is api-1, which inherits it; api-2 says false: on both.
+    for r in ["frontend", "api", "api-1"] {
+        assert_eq!(named(&cfg, "rules", r)["listeners"], toml::Value::from(vec!["https"]), "{r}");
     }
+    assert_eq!(named(&cfg, "rules", "api-2")["listeners"], toml::Value::from(vec!["http", "https"]));
     assert!(!stderr.contains("redirect_to_https"), "mapped: {stderr}");
     // Without --cluster the request-driven scaling is reported, not guessed.
     assert!(
@@ -494,7 +517,7 @@ certificates = ["acm-1"]"#,
         ],
     );
     assert!(said.contains("listener \"https\" on 0.0.0.0:8443 (https): 4 rule(s)"), "{said}");
-    assert!(said.contains("listener \"http\" on 0.0.0.0:8080 (http): 3 rule(s)"), "{said}");
+    assert!(said.contains("listener \"http\" on 0.0.0.0:8080 (http): 1 rule(s)"), "{said}");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::raw::{read_response, read_to_close};
+use common::raw::read_response;
 use common::tls::{Ca, ECDSA};
 use common::*;
 use rustls::pki_types::pem::PemObject;
@@ -77,13 +77,23 @@ targets = ["{backend}"]
     )
 }
 
-/// Sends `header` then one GET on a new connection; the response text (empty if closed).
+/// Sends `header` then one GET on a new connection; the response text, read until the server
+/// closes (empty if it closed without answering; a server that never closes fails the test).
 async fn request_after(addr: SocketAddr, header: &[u8], path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut bytes = header.to_vec();
     bytes.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n").as_bytes());
-    s.write_all(&bytes).await.unwrap();
-    read_to_close(&mut s).await
+    let _ = s.write_all(&bytes).await;
+    until_closed(&mut s).await
+}
+
+/// Everything the server sends until it closes the connection (bounded: 10 s, then a failure).
+async fn until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await {
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => panic!("the server did not close the connection; sent {:?}", String::from_utf8_lossy(&out)),
+    }
 }
 
 fn errors(metrics: &str, listener: &str, reason: &str) -> u64 {
@@ -187,12 +197,12 @@ async fn trusted_peers_without_a_valid_header_are_closed_and_counted() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&h[..20]).await.unwrap();
     s.shutdown().await.unwrap();
-    assert_eq!(read_to_close(&mut s).await, "");
+    assert_eq!(until_closed(&mut s).await, "");
     // A header that never completes is cut at header_read_timeout.
     let slow = Lb::start(&format!("[server]\nheader_read_timeout = \"300ms\"\n{}", config(be.addr, r#""127.0.0.1""#)));
     let mut s = TcpStream::connect(slow.addr("edge")).await.unwrap();
     s.write_all(b"PROXY TCP4 192.0.2.1").await.unwrap();
-    assert_eq!(read_to_close(&mut s).await, "");
+    assert_eq!(until_closed(&mut s).await, "");
 
     assert_eq!(be.requests(), 0, "nothing reached the target");
     let m = get(&client(), &lb.admin("/metrics")).await.body;
@@ -218,7 +228,7 @@ async fn an_untrusted_peer_is_served_as_itself_and_never_believed() {
         )
         .await
         .unwrap();
-        let r = read_to_close(&mut s).await;
+        let r = until_closed(&mut s).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{method}: {r}");
         assert_eq!(be.last().headers["x-forwarded-for"], "127.0.0.1");
     }
@@ -227,10 +237,10 @@ async fn an_untrusted_peer_is_served_as_itself_and_never_believed() {
     let h = v2("203.0.113.7:1".parse().unwrap(), "198.51.100.1:443".parse().unwrap(), &[]);
     assert_eq!(request_after(addr, &h, "/").await, "");
     let mut s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
     s.write_all(b"PRO").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(30)).await; // two segments, on purpose
     s.write_all(b"XY TCP4 203.0.113.7 198.51.100.1 1 443\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    assert_eq!(read_to_close(&mut s).await, "");
+    assert_eq!(until_closed(&mut s).await, "");
     let before = be.requests();
     assert_eq!(before, 4, "only the four plain requests reached the target");
     let m = get(&client(), &lb.admin("/metrics")).await.body;
@@ -293,7 +303,7 @@ targets = ["{}"]
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&v2_local()).await.unwrap();
         s.shutdown().await.unwrap();
-        assert_eq!(read_to_close(&mut s).await, "");
+        assert_eq!(until_closed(&mut s).await, "");
     }
     // A TLS client that skips the header is refused.
     assert!(connector.connect("app.test".try_into().unwrap(), TcpStream::connect(addr).await.unwrap()).await.is_err());
@@ -311,7 +321,7 @@ struct Announced {
 }
 
 /// A target that requires a PROXY header on every connection, decodes it with its own reading
-/// of the specification, and answers HTTP/1.1 keep-alive requests with the header it got.
+/// of the specification, then serves HTTP/1.1 or h2c (hyper), answering with the header it got.
 struct ProxyTarget {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<Announced>>>,
@@ -392,26 +402,15 @@ impl ProxyTarget {
                         c.push(Announced { header: header.clone(), paths: Vec::new() });
                         c.len() - 1
                     };
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 2048];
-                        let n = match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                            buf.drain(..end + 4);
-                            let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                            c.lock().unwrap()[i].paths.push(path);
-                            let body = header.as_bytes();
-                            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                            if s.write_all(&[resp.as_bytes(), body].concat()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
+                    // HTTP/1.1 or h2c after the header, by hyper; each answer is the header.
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        c.lock().unwrap()[i].paths.push(req.uri().path().to_string());
+                        let body = http_body_util::Full::new(bytes::Bytes::from(header.clone()));
+                        async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
                 });
             }
         });
@@ -521,5 +520,46 @@ health_check = {{ path = "/health", interval = "1s", timeout = "500ms", healthy_
             "{:?}",
             t.conns()
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_targets_get_one_announced_connection_per_client() {
+    let t = ProxyTarget::start().await;
+    let lb = Lb::start(&format!(
+        r#"
+[[listeners]]
+name = "edge"
+bind = "127.0.0.1:0"
+proxy_protocol = {{ trusted = ["127.0.0.0/8"] }}
+default_action = {{ forward = "h2" }}
+
+[[target_groups]]
+name = "h2"
+protocol = "http2"
+send_proxy_protocol = "v2"
+targets = ["{}"]
+"#,
+        t.addr
+    ));
+    let edge = lb.addr("edge");
+    let mut a = TcpStream::connect(edge).await.unwrap();
+    a.write_all(b"PROXY TCP4 192.0.2.1 198.51.100.1 1111 80\r\n").await.unwrap();
+    let mut b = TcpStream::connect(edge).await.unwrap();
+    b.write_all(b"PROXY TCP4 192.0.2.2 198.51.100.1 2222 80\r\n").await.unwrap();
+    for i in 0..3 {
+        for (s, who) in
+            [(&mut a, "v2 PROXY 192.0.2.1:1111 198.51.100.1:80"), (&mut b, "v2 PROXY 192.0.2.2:2222 198.51.100.1:80")]
+        {
+            s.write_all(format!("GET /h2/{i} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes()).await.unwrap();
+            let r = read_response(s).await;
+            assert!(r.starts_with("HTTP/1.1 200") && r.ends_with(who), "{r}");
+        }
+    }
+    let conns = t.conns();
+    for who in ["192.0.2.1:1111", "192.0.2.2:2222"] {
+        let mine: Vec<_> = conns.iter().filter(|c| c.header.contains(who)).collect();
+        assert!(!mine.is_empty() && mine.len() <= 2, "one multiplexed connection per client and worker: {conns:?}");
+        assert_eq!(mine.iter().map(|c| c.paths.len()).sum::<usize>(), 3, "{conns:?}");
     }
 }

@@ -102,6 +102,8 @@ pub struct Options {
     pub cluster: Option<String>,
     /// ECS service names by Copilot service name.
     pub ecs_services: BTreeMap<String, String>,
+    /// Peers whose PROXY headers both listeners read (the NLB in front: its subnets' CIDRs).
+    pub proxy_trusted: Vec<String>,
 }
 
 impl Options {
@@ -117,6 +119,7 @@ impl Options {
             discovery: Discovery::CloudMap,
             cluster: None,
             ecs_services: BTreeMap::new(),
+            proxy_trusted: Vec::new(),
         }
     }
 }
@@ -224,6 +227,11 @@ fn check_options(opts: &Options) -> Result<Option<String>, ImportError> {
     if opts.http_port == 0 || opts.https_port == 0 || opts.http_port == opts.https_port {
         return usage("--http-port and --https-port must be two different non-zero ports".into());
     }
+    for cidr in &opts.proxy_trusted {
+        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+            return usage(format!("--proxy-trusted {cidr:?}: expected a CIDR block like \"10.0.0.0/16\""));
+        }
+    }
     let mut region = opts.region.clone();
     for arn in &opts.certificate_arns {
         let Some(r) = acm_arn_region(arn) else {
@@ -326,8 +334,9 @@ struct Route {
     hosts: Vec<String>,
     source_ips: Vec<String>,
     group: String,
-    /// The service's `redirect_to_https: true`: on the https listener only (when there is one).
-    redirect: bool,
+    /// `redirect_to_https` as written (None: Copilot's default, true): when true, on the https
+    /// listener only (when there is one).
+    redirect: Option<bool>,
     /// Command-line order of the manifest, then the rule's order in it.
     seq: (usize, usize),
 }
@@ -643,8 +652,8 @@ fn service(opts: &Options, cx: &mut Cx<'_>, mut root: Obj, m: &Manifest) -> Opti
 fn rules(cx: &mut Cx<'_>, svc: &mut Service, mut http: Obj, ports: &Ports) {
     let additional = http.take("additional_rules");
     // The service's, for all its rules: which of them the http listener serves.
-    let redirect =
-        http.take("redirect_to_https").and_then(|v| boolean(cx, "http.redirect_to_https", &v)).unwrap_or(false);
+    // Copilot's default is true; additional rules inherit the service's unless they set it.
+    let redirect = http.take("redirect_to_https").and_then(|v| boolean(cx, "http.redirect_to_https", &v));
     rule(cx, svc, http, ports, 0, redirect);
     let Some(list) = additional else { return };
     let Value::Sequence(list) = list else {
@@ -661,8 +670,12 @@ fn rules(cx: &mut Cx<'_>, svc: &mut Service, mut http: Obj, ports: &Ports) {
 
 /// One rule (`n` = 0: the service's main rule) and its target group (a new one unless an
 /// earlier rule of the service has the same).
-fn rule(cx: &mut Cx<'_>, svc: &mut Service, mut r: Obj, ports: &Ports, n: usize, redirect: bool) {
+fn rule(cx: &mut Cx<'_>, svc: &mut Service, mut r: Obj, ports: &Ports, n: usize, inherited: Option<bool>) {
     let name = if n == 0 { svc.name.clone() } else { format!("{}-{n}", svc.name) };
+    let redirect = match r.take("redirect_to_https") {
+        Some(v) => boolean(cx, &r.path("redirect_to_https"), &v).or(inherited),
+        None => inherited,
+    };
     let path = match r.take("path") {
         Some(Value::String(p)) => match path_prefix(&p) {
             Ok(p) => Some(p),
@@ -704,10 +717,22 @@ fn rule(cx: &mut Cx<'_>, svc: &mut Service, mut r: Obj, ports: &Ports, n: usize,
             Version::Http1
         }
     };
+    let mut codes_given = false;
     let health = match r.take("healthcheck") {
-        Some(h) => healthcheck(cx, &r.path("healthcheck"), h, version),
+        Some(h) => {
+            codes_given = h.get("success_codes").is_some();
+            healthcheck(cx, &r.path("healthcheck"), h, version)
+        }
         None => Health::default(),
     };
+    // (With success_codes, healthcheck() has said why they are not mapped.)
+    if version == Version::Grpc && !codes_given {
+        cx.note(
+            NoteKind::Assumed,
+            &r.path("healthcheck"),
+            "gRPC: the health check is an HTTP/2 GET matched on the HTTP status (default \"200\"); a gRPC server may answer it otherwise (e.g. 415): set matcher to what it answers, or point path at an HTTP endpoint",
+        );
+    }
     let deregistration = match r.take("deregistration_delay") {
         Some(v) => duration(cx, &r.path("deregistration_delay"), &v)
             .filter(|d| {
@@ -1180,9 +1205,10 @@ fn order(routes: &mut [Route]) {
 fn plan(opts: &Options, services: &[Service]) -> Result<Plan, Vec<ImportError>> {
     let https = !opts.certificate_arns.is_empty();
     let mut plan = Plan { https, ..Plan::default() };
-    plan.redirect = https && services.iter().flat_map(|s| &s.routes).any(|r| r.redirect);
+    plan.redirect = https && services.iter().flat_map(|s| &s.routes).any(|r| r.redirect != Some(false));
     if !https {
-        for r in services.iter().filter_map(|s| s.routes.first()).filter(|r| r.redirect) {
+        // Only what the manifests say: Copilot's default needs no note.
+        for r in services.iter().filter_map(|s| s.routes.first()).filter(|r| r.redirect == Some(true)) {
             plan.notes.push(Note {
                 file: r.file.clone(),
                 field: format!("{}.redirect_to_https (true)", r.field),
@@ -1200,7 +1226,7 @@ fn plan(opts: &Options, services: &[Service]) -> Result<Plan, Vec<ImportError>> 
     let mut errors = Vec::new();
     let mut priority = 0;
     for route in routes {
-        let mut listeners: Vec<&'static str> = match (https, route.redirect) {
+        let mut listeners: Vec<&'static str> = match (https, route.redirect != Some(false)) {
             (false, _) => vec!["http"],
             (true, true) => vec!["https"],
             (true, false) => vec!["http", "https"],
@@ -1314,7 +1340,14 @@ fn emit(
     }
 
     let redirect = format!("{{ redirect = {{ protocol = \"https\", port = {PUBLIC_HTTPS_PORT}, status = 301 }} }}");
-    let _ = writeln!(w, "[[listeners]]\nname = \"http\"\nbind = \"0.0.0.0:{}\"", opts.http_port);
+    let proxy = if opts.proxy_trusted.is_empty() {
+        "# Behind deploy/cloudformation.yaml's NLB (PROXY protocol v2 on), every listener needs\n\
+         # proxy_protocol = { trusted = [\"<the NLB's subnets or the VPC CIDR>\"] } (--proxy-trusted CIDR).\n"
+            .to_string()
+    } else {
+        format!("proxy_protocol = {{ trusted = {} }}   # the NLB in front\n", string_list(&opts.proxy_trusted))
+    };
+    let _ = write!(w, "[[listeners]]\nname = \"http\"\nbind = \"0.0.0.0:{}\"\n{proxy}", opts.http_port);
     if plan.redirect {
         let _ = writeln!(w, "default_action = {redirect}   # redirect_to_https");
     } else if let Some((g, _)) = plan.defaults.get("http") {
@@ -1337,6 +1370,9 @@ fn emit(
             opts.https_port,
             string_list(&names)
         );
+        if !opts.proxy_trusted.is_empty() {
+            let _ = write!(w, "{proxy}");
+        }
         if let Some((g, _)) = plan.defaults.get("https") {
             let _ = writeln!(w, "default_action = {{ forward = {} }}   # path \"/\"", quote(g));
         }
@@ -1387,6 +1423,11 @@ fn group(w: &mut String, opts: &Options, s: &Service, g: &Group, scaling: Option
     };
     let _ = writeln!(w, "protocol = \"{protocol}\"{why}");
     let _ = writeln!(w, "deregistration_delay = {}", quote(&fmt_duration(g.deregistration)));
+    if g.port == 443 {
+        // Copilot's target group speaks HTTPS to port 443 (health checks too), and ALB does
+        // not verify target certificates.
+        let _ = writeln!(w, "tls = {{ verify = false }}          # target port 443: HTTPS, as Copilot's target group");
+    }
     if g.sticky {
         let _ = writeln!(w, "stickiness = {{ type = \"lb_cookie\" }}");
     }
@@ -1492,7 +1533,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             source_ips: Vec::new(),
             group: name.into(),
-            redirect: false,
+            redirect: Some(false),
             seq,
         }
     }
@@ -1643,10 +1684,27 @@ mod tests {
         "name: web\ntype: Load Balanced Web Service\nimage: {port: 8080}\nhttp: {path: /, redirect_to_https: true}\n";
 
     #[test]
+    fn port_443_speaks_https_and_grpc_health_checks_are_flagged() {
+        let m = "name: g\ntype: Load Balanced Web Service\nimage: {port: 443}\nhttp: {path: /g, version: grpc}\n";
+        let got = import(&Options::new("shop", "prod"), &[manifest("g.yml", m)]).unwrap();
+        let cfg: toml::Value = toml::from_str(&got.toml).unwrap();
+        assert_eq!(cfg["target_groups"][0]["tls"]["verify"].as_bool(), Some(false), "{}", got.toml);
+        assert_eq!(cfg["target_groups"][0]["protocol"].as_str(), Some("http2"));
+        let n: Vec<_> = got.notes.iter().filter(|n| n.kind == NoteKind::Assumed).collect();
+        assert_eq!(n.len(), 1, "{:?}", got.notes);
+        assert!(n[0].reason.contains("gRPC"), "{:?}", n[0]);
+        // With success_codes, the not-mapped note says it; no second one.
+        let m = "name: g\ntype: Load Balanced Web Service\nimage: {port: 8080}\nhttp: {path: /g, version: grpc, healthcheck: {path: /h, success_codes: '0'}}\n";
+        let got = import(&Options::new("shop", "prod"), &[manifest("g.yml", m)]).unwrap();
+        assert!(got.notes.iter().all(|n| n.kind != NoteKind::Assumed), "{:?}", got.notes);
+        assert!(!got.toml.contains("tls ="), "port 8080 is plaintext");
+    }
+
+    #[test]
     fn a_root_without_conditions_is_the_default_action_and_http_redirects() {
         let mut opts = Options::new("shop", "prod");
         opts.certificate_arns = vec!["arn:aws:acm:eu-west-1:123456789012:certificate/abc".into()];
-        let api = "name: api\ntype: Load Balanced Web Service\nimage: {port: 80}\nhttp: {path: /api}\n";
+        let api = "name: api\ntype: Load Balanced Web Service\nimage: {port: 80}\nhttp: {path: /api, redirect_to_https: false, additional_rules: [{path: /api/r, redirect_to_https: true}]}\n";
         let adm = "name: adm\ntype: Load Balanced Web Service\nimage: {port: 80}\nhttp: {path: /adm, redirect_to_https: true, additional_rules: [{path: /adm/x}]}\n";
         let got =
             import(&opts, &[manifest("web.yml", WEB), manifest("api.yml", api), manifest("adm.yml", adm)]).unwrap();
@@ -1659,8 +1717,10 @@ mod tests {
         let listeners_of = |name: &str| {
             rules.iter().find(|r| r["name"].as_str() == Some(name)).map(|r| r["listeners"].clone()).unwrap()
         };
-        assert_eq!(rules.len(), 3, "the root is no rule: {}", got.toml);
+        assert_eq!(rules.len(), 4, "the root is no rule: {}", got.toml);
         assert_eq!(listeners_of("api"), toml::Value::from(vec!["http", "https"]));
+        // An additional rule says for itself.
+        assert_eq!(listeners_of("api-1"), toml::Value::from(vec!["https"]));
         // A redirecting service's additional rules redirect too.
         assert_eq!(listeners_of("adm"), toml::Value::from(vec!["https"]));
         assert_eq!(listeners_of("adm-1"), toml::Value::from(vec!["https"]));
@@ -1672,6 +1732,13 @@ mod tests {
         assert_eq!(cfg["listeners"][0]["default_action"]["forward"].as_str(), Some("web"));
         assert_eq!(got.notes.len(), 1);
         assert_eq!(got.notes[0].field, "http.redirect_to_https (true)");
+
+        // Unset, it is Copilot's default (true): https only, and no note without a certificate.
+        let plain = "name: p\ntype: Load Balanced Web Service\nimage: {port: 80}\nhttp: {path: /p}\n";
+        let got = import(&opts, &[manifest("p.yml", plain)]).unwrap();
+        let cfg: toml::Value = toml::from_str(&got.toml).unwrap();
+        assert_eq!(cfg["rules"][0]["listeners"], toml::Value::from(vec!["https"]));
+        assert!(import(&Options::new("shop", "prod"), &[manifest("p.yml", plain)]).unwrap().notes.is_empty());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct ClientInfo {
     /// The address the client connected to: a PROXY header's destination, or this socket's
     /// (noted only when some target group announces clients).
     pub dst: Option<SocketAddr>,
+    /// This client connection's number in the process (unique, never 0 once accepted): what
+    /// keeps target connections that announced it to its own requests.
+    pub conn_id: u64,
     ip: [u8; 46],
     ip_len: u8,
     port: [u8; 5],
@@ -40,7 +43,7 @@ impl ClientInfo {
         let mut w = &mut port[..];
         let _ = write!(w, "{listener_port}");
         let port_len = (5 - w.len()) as u8;
-        ClientInfo { addr, proto, listener_port, cert: None, dst: None, ip, ip_len, port, port_len }
+        ClientInfo { addr, proto, listener_port, cert: None, dst: None, conn_id: 0, ip, ip_len, port, port_len }
     }
 
     /// The client's endpoints as a PROXY header announces them: its address and the one it

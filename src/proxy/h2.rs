@@ -311,13 +311,7 @@ async fn send_h2(
             }
         };
         log.with(|r| r.target = Some(target.addr));
-        let mut tx = match upstream::h2_sender(
-            upstream::PoolKey::new(target.id, settings, Some(client.endpoints())),
-            target.addr,
-            settings,
-        )
-        .await
-        {
+        let mut tx = match upstream::h2_sender(target.id, target.addr, settings, Some(client)).await {
             Ok(tx) => tx,
             Err(e) => {
                 arm.group_stats.target_connection_errors.fetch_add(1, Ordering::Relaxed);
@@ -560,7 +554,7 @@ async fn to_h1_target(
         client_idle: ctx.server.idle_timeout,
     };
     let mut attempts =
-        client::Attempts { preferred: changes.preferred(), client: Some(ctx.client.endpoints()), ..Default::default() };
+        client::Attempts { preferred: changes.preferred(), client: Some(&ctx.client), ..Default::default() };
     // An HTTP/2 stream has no connection timer of its own: one for this request.
     let sleep = std::pin::pin!(tokio::time::sleep(settings.response_timeout));
     let mut timer = Timer::new(sleep);

@@ -115,6 +115,9 @@ pub async fn accept_loop(
     }
 }
 
+/// Client connections accepted by the process, for [`ClientInfo::conn_id`].
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What a connection holds while it lives: its place under `max_connections`, its count on
 /// its worker and on its listener.
 struct Held {
@@ -147,6 +150,9 @@ fn context(
     let tls = listener.tls.clone();
     let proto = if tls.is_some() { "https" } else { "http" };
     let mut client = ClientInfo::new(peer, proto, port);
+    // Numbered whether or not a group announces clients now: a reload may make one do so
+    // while this connection lives.
+    client.conn_id = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
     if snap.announces_clients {
         // What a PROXY header to a target names as the destination (a header from the
         // client's side replaces it).
@@ -212,6 +218,7 @@ async fn proxy_header(stream: &TcpStream, trusted: &[ipnet::IpNet], ctx: &mut Ar
             // redirects), not this socket's.
             let mut client = ClientInfo::new(src, c.proto, dst.port());
             client.dst = Some(dst);
+            client.conn_id = c.conn_id;
             *c = client;
             true
         }
@@ -219,7 +226,7 @@ async fn proxy_header(stream: &TcpStream, trusted: &[ipnet::IpNet], ctx: &mut Ar
             // An NLB's TCP health check: a LOCAL header, then the connection closes. Not a
             // failed handshake or request: it ends here, uncounted.
             let mut b = [0u8; 1];
-            !matches!(tokio::time::timeout(timeout, stream.peek(&mut b)).await, Ok(Ok(0)))
+            !matches!(tokio::time::timeout(timeout, stream.peek(&mut b)).await, Ok(Ok(0) | Err(_)))
         }
         Err(r) => refused(ctx, r),
     }

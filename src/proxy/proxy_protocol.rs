@@ -351,12 +351,13 @@ async fn consume(stream: &TcpStream, into: &mut [u8]) -> Result<(), Refused> {
 /// the connection starts with one (it is never believed), else `Ok` with nothing consumed.
 ///
 /// Most connections are decided by their first byte (a method letter other than `P`, a TLS
-/// record). A first segment too short to tell (`P`, `PRO`, a bare CR) is looked at again in
-/// short steps until it can be, within `timeout` (then it is left to the protocol's own
-/// timeout).
+/// record). A first segment too short to tell (`P`, `PRO`, a bare CR) is looked at again, at
+/// intervals doubling from 5 ms to 200 ms, until it can be, within `timeout` (then it is left
+/// to the protocol's own timeout): `peek` cannot wait for *more* bytes than are there.
 pub async fn refuse_untrusted(stream: &TcpStream, timeout: Duration) -> Result<(), Refused> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; V2_SIGNATURE.len()];
+    let mut step = Duration::from_millis(5);
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
@@ -370,7 +371,8 @@ pub async fn refuse_untrusted(stream: &TcpStream, timeout: Duration) -> Result<(
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(step).await;
+                step = (step * 2).min(Duration::from_millis(200));
             }
         }
     }

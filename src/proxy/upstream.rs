@@ -16,7 +16,10 @@
 //! one client, so its connections are pooled by target *and* announced endpoints
 //! ([`PoolKey`]): a connection is only reused for requests of the same client connection (as
 //! HAProxy keeps `send-proxy` connections private), never to carry another client's request
-//! under the first one's address.
+//! under the first one's address. A client needs few of them ([`MAX_IDLE_PER_CLIENT`]) and they
+//! are useless once it has gone: idle ones age out as all do, and an HTTP/2 connection of a
+//! client not seen for [`MAX_IDLE_AGE`] is dropped by the sweep (unannounced HTTP/2 connections
+//! are one per target and stay).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -35,6 +38,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use super::error::ProxyError;
+use super::forward::ClientInfo;
 use super::proxy_protocol;
 use crate::config::snapshot::Transport;
 pub use crate::tls::client::Stream;
@@ -42,6 +46,8 @@ use crate::tls::client::{self, DialError};
 
 /// Idle HTTP/1.1 connections kept per target and worker; more are closed when returned.
 const MAX_IDLE_PER_TARGET: usize = 512;
+/// Idle HTTP/1.1 connections kept per target and announced client (`send_proxy_protocol`).
+const MAX_IDLE_PER_CLIENT: usize = 4;
 /// Idle connections older than this are not reused: many servers close idle keep-alive
 /// connections after 60 s or less, and reusing one as it closes costs a retry.
 const MAX_IDLE_AGE: Duration = Duration::from_secs(50);
@@ -62,24 +68,31 @@ pub struct Conn {
 }
 
 /// What a pooled connection is for: a target and, when its group sends PROXY headers, the
-/// client endpoints the connection announced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// client connection it announced ([`ClientInfo::conn_id`]; 0: none). Two words, hashed as one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolKey {
     target: u64,
-    announced: Option<(SocketAddr, SocketAddr)>,
+    client: u64,
+}
+
+impl std::hash::Hash for PoolKey {
+    // One word to hash, not two: on every request. Equal targets with different clients mix
+    // apart; a collision only costs a comparison.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.target ^ self.client.rotate_left(32));
+    }
 }
 
 impl PoolKey {
-    /// The key of a request from `client` (source, destination) to target `id` over
-    /// `transport` (a client not known is announced as none: `LOCAL`).
+    /// The key of a request from `client` to target `id` over `transport`: the client counts
+    /// only when the group announces it.
     #[inline]
-    pub fn new(id: u64, transport: &Transport, client: Option<(SocketAddr, SocketAddr)>) -> PoolKey {
-        PoolKey { target: id, announced: transport.proxy_protocol.and(client) }
-    }
-
-    /// The PROXY header a new connection for this key starts with.
-    fn preface(&self, transport: &Transport) -> Option<Vec<u8>> {
-        transport.proxy_protocol.map(|v| proxy_protocol::encode(v, self.announced))
+    pub fn new(id: u64, transport: &Transport, client: Option<&ClientInfo>) -> PoolKey {
+        let client = match (transport.proxy_protocol, client) {
+            (Some(_), Some(c)) => c.conn_id,
+            _ => 0,
+        };
+        PoolKey { target: id, client }
     }
 }
 
@@ -92,7 +105,8 @@ struct Idle {
 #[derive(Default)]
 struct Pool {
     idle: FxHashMap<PoolKey, VecDeque<Idle>>,
-    h2: FxHashMap<PoolKey, http2::SendRequest<H2Body>>,
+    /// With when each was last handed out.
+    h2: FxHashMap<PoolKey, (http2::SendRequest<H2Body>, Instant)>,
     last_sweep: Option<Instant>,
 }
 
@@ -145,24 +159,46 @@ pub fn checkin(conn: Conn, now: Instant) {
                 idle.shrink_to(len * 2);
             }
         }
-        if idle.len() < MAX_IDLE_PER_TARGET {
+        let cap = if conn.key.client != 0 { MAX_IDLE_PER_CLIENT } else { MAX_IDLE_PER_TARGET };
+        if idle.len() < cap {
             idle.push_back(Idle { io: conn.io, since: now });
         }
-        if p.last_sweep.is_none_or(|t| now.duration_since(t) > SWEEP_EVERY) {
-            p.last_sweep = Some(now);
-            // Targets that get no more requests (removed, or idle) would keep their
-            // connections until reused; drop what has aged out everywhere.
-            p.idle.retain(|_, q| {
-                q.retain(|c| now.duration_since(c.since) <= MAX_IDLE_AGE);
-                !q.is_empty()
-            });
-        }
+        p.sweep(now);
     });
 }
 
-/// Opens a connection to `addr` ([`client::dial`]) for traffic of `key`.
-async fn open(addr: SocketAddr, transport: &Transport, key: &PoolKey) -> Result<Stream, ProxyError> {
-    let preface = key.preface(transport);
+impl Pool {
+    /// Every [`SWEEP_EVERY`]: targets that get no more requests (removed, or idle) would keep
+    /// their connections until reused, and announced clients that left would keep theirs; drop
+    /// what has aged out everywhere.
+    #[inline]
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_none_or(|t| now.duration_since(t) > SWEEP_EVERY) {
+            self.sweep_now(now);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sweep_now(&mut self, now: Instant) {
+        self.last_sweep = Some(now);
+        self.idle.retain(|_, q| {
+            q.retain(|c| now.duration_since(c.since) <= MAX_IDLE_AGE);
+            !q.is_empty()
+        });
+        // Dropping the last sender closes the connection once its streams end.
+        self.h2.retain(|k, (tx, used)| !tx.is_closed() && (k.client == 0 || now.duration_since(*used) <= MAX_IDLE_AGE));
+    }
+}
+
+/// Opens a connection to `addr` ([`client::dial`]), starting with the PROXY header naming
+/// `announce` when the group sends them.
+async fn open(
+    addr: SocketAddr,
+    transport: &Transport,
+    announce: Option<(SocketAddr, SocketAddr)>,
+) -> Result<Stream, ProxyError> {
+    let preface = transport.proxy_protocol.map(|v| proxy_protocol::encode(v, announce));
     client::dial(addr, transport.tls.as_deref(), transport.connect_timeout, preface.as_deref()).await.map_err(|e| {
         match e {
             DialError::Connect(source) => ProxyError::Connect { addr, source },
@@ -172,36 +208,52 @@ async fn open(addr: SocketAddr, transport: &Transport, key: &PoolKey) -> Result<
     })
 }
 
-/// A new HTTP/1.1 connection to `addr` for `key`.
-pub async fn connect_h1(addr: SocketAddr, transport: &Transport, key: &PoolKey) -> Result<Conn, ProxyError> {
-    let io = open(addr, transport, key).await?;
-    Ok(Conn { io, reused: false, key: *key })
-}
-
-/// This worker's HTTP/2 connection for `key` at `addr`, opened when there is none (or it
-/// closed).
-pub async fn h2_sender(
-    key: PoolKey,
+/// A new HTTP/1.1 connection to target `id` at `addr` for requests of `client` (announced to
+/// the target when its group sends PROXY headers).
+pub async fn connect_h1(
+    id: u64,
     addr: SocketAddr,
     transport: &Transport,
+    client: Option<&ClientInfo>,
+) -> Result<Conn, ProxyError> {
+    let key = PoolKey::new(id, transport, client);
+    let io = open(addr, transport, client.map(ClientInfo::endpoints)).await?;
+    Ok(Conn { io, reused: false, key })
+}
+
+/// This worker's HTTP/2 connection to target `id` at `addr` for requests of `client`, opened
+/// when there is none (or it closed).
+pub async fn h2_sender(
+    id: u64,
+    addr: SocketAddr,
+    transport: &Transport,
+    client: Option<&ClientInfo>,
 ) -> Result<http2::SendRequest<H2Body>, ProxyError> {
-    let cached = POOL.with(|p| p.borrow().h2.get(&key).filter(|tx| !tx.is_closed()).cloned());
+    let key = PoolKey::new(id, transport, client);
+    let now = Instant::now();
+    let cached = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.sweep(now);
+        let (tx, used) = p.h2.get_mut(&key).filter(|(tx, _)| !tx.is_closed())?;
+        *used = now;
+        Some(tx.clone())
+    });
     if let Some(mut tx) = cached {
         if tx.ready().await.is_ok() {
             return Ok(tx);
         }
     }
-    let tx = Box::pin(connect_h2(addr, transport, &key)).await?;
-    POOL.with(|p| p.borrow_mut().h2.insert(key, tx.clone()));
+    let tx = Box::pin(connect_h2(addr, transport, client.map(ClientInfo::endpoints))).await?;
+    POOL.with(|p| p.borrow_mut().h2.insert(key, (tx.clone(), now)));
     Ok(tx)
 }
 
 async fn connect_h2(
     addr: SocketAddr,
     transport: &Transport,
-    key: &PoolKey,
+    announce: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<http2::SendRequest<H2Body>, ProxyError> {
-    let io = open(addr, transport, key).await?;
+    let io = open(addr, transport, announce).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))

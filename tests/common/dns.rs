@@ -28,6 +28,7 @@ pub struct Dnsmasq {
 impl Drop for Dnsmasq {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -62,12 +63,15 @@ impl Dnsmasq {
     /// Serves `records` from now on (a restart on the same address; queries in between fail,
     /// which the discovery loop must survive).
     pub fn set(&mut self, records: &[String]) {
-        self.stop();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.spawn(records) {
-            assert!(Instant::now() < deadline, "dnsmasq did not restart on {}", self.addr);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // Blocking (a process start): off the async worker's hands.
+        tokio::task::block_in_place(|| {
+            self.stop();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.spawn(records) {
+                assert!(Instant::now() < deadline, "dnsmasq did not restart on {}", self.addr);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
     }
 
     fn stop(&mut self) {

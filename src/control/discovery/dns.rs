@@ -7,9 +7,11 @@
 //! answer's TTL (the smallest of the records used) says when to ask again — never later than
 //! `refresh`, never sooner than [`MIN_INTERVAL`] (a TTL of 0 is common for service records).
 //! SRV records of the lowest priority value are the targets (RFC 2782: the others are
-//! fallbacks); their weights map onto pilotfish's 1..=999 (0 becomes 1, so a record is never
-//! dropped; all-zero weights are equal). NXDOMAIN, an empty answer and failures are errors to
-//! the discovery loop: the last known targets stay.
+//! fallbacks); their weights map onto pilotfish's 1..=999: as they are when all fit, else
+//! scaled to the largest (999); 0 becomes 1, so a record is never dropped, and all-zero weights
+//! are equal. A target name that does not resolve (or `.`, "no service here") is left out and
+//! logged; the answer is an error only when none resolves. NXDOMAIN, an empty answer and
+//! failures are errors to the discovery loop: the last known targets stay.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -160,18 +162,45 @@ impl Dns {
                 message: format!("{} has no SRV records", self.name),
             });
         };
-        let all_zero = records.iter().filter(|s| s.priority == best).all(|s| s.weight == 0);
+        let best: Vec<_> = records.iter().filter(|s| s.priority == best).collect();
+        let max = best.iter().map(|s| u32::from(s.weight)).max().unwrap_or(0);
+        let weight = |w: u16| match max {
+            0 => 100,
+            1..=999 => u32::from(w).max(1),
+            _ => (u32::from(w) * 999 / max).max(1),
+        };
         let mut ttl = Duration::from_secs(u64::from(ttl));
         let mut targets = Vec::new();
-        for s in records.iter().filter(|s| s.priority == best) {
+        let mut last_error = None;
+        // Each target name in turn; most SRV answers name a handful.
+        for s in best {
+            if s.target.is_root() {
+                continue;
+            }
             let host = s.target.to_string();
-            let (ips, t) = match self.addresses(&host, RecordType::A, "DNS A").await {
-                Ok(found) => found,
-                Err(_) => self.addresses(&host, RecordType::AAAA, "DNS AAAA").await?,
+            let found = match self.addresses(&host, RecordType::A, "DNS A").await {
+                Ok(found) => Ok(found),
+                Err(_) => self.addresses(&host, RecordType::AAAA, "DNS AAAA").await,
             };
-            ttl = ttl.min(t);
-            let weight = if all_zero { 100 } else { u32::from(s.weight).clamp(1, 999) };
-            targets.extend(ips.into_iter().map(|ip| TargetSpec { addr: SocketAddr::new(ip, s.port), weight }));
+            match found {
+                Ok((ips, t)) => {
+                    ttl = ttl.min(t);
+                    let w = weight(s.weight);
+                    targets
+                        .extend(ips.into_iter().map(|ip| TargetSpec { addr: SocketAddr::new(ip, s.port), weight: w }));
+                }
+                Err(e) => {
+                    tracing::debug!(srv = %self.name, target = %host, error = %e, "an SRV target does not resolve; left out");
+                    last_error = Some(e);
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(last_error.unwrap_or_else(|| AwsError {
+                operation: "DNS SRV",
+                code: "NoRecords".into(),
+                message: format!("{} names no target", self.name),
+            }));
         }
         targets.sort_by_key(|t| t.addr);
         targets.dedup_by_key(|t| t.addr);

@@ -213,13 +213,13 @@ pub struct Answered {
 
 /// What happened on the way to a target, for logs and metrics.
 #[derive(Debug, Default)]
-pub struct Attempts {
+pub struct Attempts<'a> {
     pub target: Option<std::net::SocketAddr>,
     pub count: u32,
     /// The target to try first (a sticky session's), when it takes traffic.
     pub preferred: Option<Arc<Target>>,
-    /// The client's endpoints, for target groups that announce them (PROXY headers).
-    pub client: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// The client, for target groups that announce it (PROXY headers).
+    pub client: Option<&'a super::super::forward::ClientInfo>,
 }
 
 /// The first target of a request: the sticky one or a pick, claimed at once when a target has
@@ -291,7 +291,7 @@ pub async fn send<O: Outbound>(
     arm: &ForwardArm,
     out: &mut O,
     limits: &Limits,
-    attempts: &mut Attempts,
+    attempts: &mut Attempts<'_>,
     timer: &mut Timer<'_>,
     head_at: Instant,
 ) -> Result<Answered, ProxyError> {
@@ -331,13 +331,16 @@ pub async fn send<O: Outbound>(
         attempts.count += 1;
         attempts.target = Some(target.addr);
         let now = if attempts.count == 1 && !queued { head_at } else { Instant::now() };
-        let key = upstream::PoolKey::new(target.id, settings, attempts.client);
-        let pooled = if fresh_only { None } else { upstream::checkout(&key, now) };
+        let pooled = if fresh_only {
+            None
+        } else {
+            upstream::checkout(&upstream::PoolKey::new(target.id, settings, attempts.client), now)
+        };
         let (mut conn, sent_at) = match pooled {
             Some(c) => (c, now),
             // Boxed: opening a connection (TCP, TLS) is rare on a warm pool, and its state would
             // otherwise sit in every request's future.
-            None => match Box::pin(upstream::connect_h1(target.addr, settings, &key)).await {
+            None => match Box::pin(upstream::connect_h1(target.id, target.addr, settings, attempts.client)).await {
                 Ok(c) => (c, Instant::now()),
                 Err(e) => {
                     tracing::debug!(target: "pilotfish::proxy", error = %e, "connect failed");

@@ -747,7 +747,7 @@ async fn forward<S: ClientIo>(
         rewritten_path: changes.path.as_deref().map(str::as_bytes),
     };
     let mut attempts =
-        client::Attempts { preferred: changes.preferred(), client: Some(ctx.client.endpoints()), ..Default::default() };
+        client::Attempts { preferred: changes.preferred(), client: Some(&ctx.client), ..Default::default() };
     let mut out = H1Out::new(io, rbuf, head, add, listener.max_request_body, changes);
     let sent = client::send(arm, &mut out, &limits, &mut attempts, timer, head_at).await;
     log.with(|r| r.target = attempts.target);
