@@ -6,7 +6,7 @@ VENV ?= .venv
 MOTO := $(VENV)/bin/moto_server
 CFN_LINT := $(VENV)/bin/cfn-lint
 
-.PHONY: test lint bench build fmt venv fuzz
+.PHONY: test lint bench build fmt venv fuzz screenshot
 
 build:
 	$(CARGO) build --release
@@ -28,6 +28,11 @@ $(MOTO):
 $(CFN_LINT): $(MOTO)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'cfn-lint>=1.58,<2'
 	@test -x $(CFN_LINT)
+
+# The README's picture of the dashboard: the browser test's screenshot, kept in docs/ (needs
+# chromium: apt-get install chromium).
+screenshot:
+	PILOTFISH_SCREENSHOT=$(abspath docs/dashboard.png) $(CARGO) test --test dashboard the_dashboard_renders -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -104,6 +104,30 @@ async fn published_metrics_add_up_to_the_requests_sent() {
         .as_f64()
         .unwrap();
     assert_eq!(samples, 37.0, "TargetResponseTime carries one sample per request (value/count arrays)");
+
+    // deploy/cloudwatch-dashboard.json shows only metrics pilotfish publishes.
+    let names = moto.seed(json!({"op": "cw_names", "namespace": "Pilotfish"}))["names"].clone();
+    let published: Vec<String> = serde_json::from_value(names).unwrap();
+    let body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cloudwatch-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut shown = 0;
+    for w in body["widgets"].as_array().unwrap() {
+        for row in w["properties"]["metrics"].as_array().into_iter().flatten().filter_map(|m| m.as_array()) {
+            let name = row[1].as_str().unwrap();
+            assert!(
+                published.iter().any(|p| p == name),
+                "{name} (cloudwatch-dashboard.json) is not published: {published:?}"
+            );
+            assert_eq!(row[0], "Pilotfish", "the default namespace");
+            shown += 1;
+        }
+    }
+    assert!(shown >= 10, "the CloudWatch dashboard shows the ALB-named metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +165,12 @@ scale_in_cooldown = "2s"
         })
     };
     wait_until("scale-out to max = 4", || desired(&moto) == 4).await;
+    // The dashboard's data says what the autoscaler decided.
+    let stats: serde_json::Value = serde_json::from_str(&get(&client(), &lb.admin("/stats")).await.body).unwrap();
+    let api = stats["target_groups"].as_array().unwrap().iter().find(|g| g["name"] == "api").unwrap().clone();
+    assert!(api["autoscaling"]["desired"].as_i64().is_some(), "{api}");
+    let said = api["autoscaling"]["last_decision"].as_str().unwrap_or_default().to_string();
+    assert!(said.contains("RequestCountPerTarget") && said.contains("target 600"), "{api}");
     loading.store(false, Ordering::Relaxed);
     load.await.unwrap();
     // No load: scale in, at most halving per step, down to min = 1.

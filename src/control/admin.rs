@@ -1,7 +1,13 @@
 //! The admin API on `server.admin_bind`: `/healthz`, `/readyz`, `/metrics`, `/config`,
-//! `/targets`, `POST /reload`. Served on the control thread, never on the data plane. With
-//! `server.admin_token`, every path but `/healthz` and `/readyz` needs
-//! `Authorization: Bearer TOKEN` (401 otherwise; compared in constant time).
+//! `/targets`, `/stats`, `POST /reload`, and the dashboard at `/` (its page, script and style
+//! sheet embedded in the binary, from `dashboard/`). Served on the control thread, never on the
+//! data plane. With `server.admin_token`, every path but `/healthz`, `/readyz` and the
+//! dashboard's three files (which hold no data: the page asks for the token to read `/stats`)
+//! needs `Authorization: Bearer TOKEN` (401 otherwise; compared in constant time).
+//!
+//! The dashboard's files are served with a strict Content-Security-Policy (scripts and styles
+//! from this origin only, no inline code, no framing, fetches to this origin only) and
+//! `X-Frame-Options: DENY`; the script renders every value from `/stats` as text.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -78,6 +84,31 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>) {
     }
 }
 
+/// The dashboard: page, script, style sheet.
+const DASHBOARD_HTML: &str = include_str!("dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
+
+/// What the dashboard's files may do: load their own script and style, fetch from this origin.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// A dashboard file, with the headers that keep it from being framed, sniffed or cached.
+fn asset(ctype: &'static str, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = reply(StatusCode::OK, ctype, body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(CSP));
+    h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Paths served without the admin token: probes, and the dashboard's files (no data in them).
+fn open_path(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/" | "/dashboard.js" | "/dashboard.css")
+}
+
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
@@ -103,7 +134,7 @@ fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
 
 async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let state = &control.state;
-    if !matches!(req.uri().path(), "/healthz" | "/readyz") && !authorized(control, &req) {
+    if !open_path(req.uri().path()) && !authorized(control, &req) {
         let mut r =
             reply(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized: send Authorization: Bearer <admin_token>\n");
         r.headers_mut()
@@ -112,6 +143,14 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/") => asset("text/html; charset=utf-8", DASHBOARD_HTML),
+        (&Method::GET, "/dashboard.js") => asset("text/javascript; charset=utf-8", DASHBOARD_JS),
+        (&Method::GET, "/dashboard.css") => asset("text/css; charset=utf-8", DASHBOARD_CSS),
+        (&Method::GET, "/stats") => {
+            let mut r = json_reply(StatusCode::OK, super::stats::render(control));
+            r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            r
+        }
         (&Method::GET, "/readyz") => {
             if state.is_ready() {
                 // Ready even with empty discovered groups (they answer 503 until targets arrive),
@@ -239,13 +278,15 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
                 }),
             )
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/targets" | "/reload") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/targets" | "/stats" | "/reload" | "/" | "/dashboard.js"
+            | "/dashboard.css",
+        ) => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n"),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz /readyz /metrics /config /targets, POST /reload\n",
+            "not found: try / (the dashboard) /healthz /readyz /metrics /config /targets /stats, POST /reload\n",
         ),
     }
 }

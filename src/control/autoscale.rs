@@ -187,6 +187,18 @@ pub async fn run(state: Arc<SharedState>, group: Arc<str>, spec: AutoscalingSpec
             }
         };
         state.metrics.autoscaling_desired(&group, i64::from(desired));
+        let shown = metric.map_or("no metric".to_string(), |m| format!("{m:.3}"));
+        state.metrics.autoscaling_decision(
+            &group,
+            match decision {
+                Decision::Scale(n) => {
+                    format!("scale {current} -> {n} ({:?} {shown}, target {})", spec.metric, spec.target)
+                }
+                Decision::Hold(why) => {
+                    format!("hold at {current} ({why}; {:?} {shown}, target {})", spec.metric, spec.target)
+                }
+            },
+        );
         tracing::info!(
             target_group = %group, service = %spec.ecs.service, current, metric = ?metric, target = spec.target,
             min = spec.min, max = spec.max, decision = ?decision, "autoscaling decision"

@@ -13,6 +13,7 @@ pub mod health;
 pub mod material;
 pub mod reload;
 pub mod source;
+pub mod stats;
 pub mod thread;
 
 pub use reload::{Control, InForce, ReloadOutcome};

@@ -41,6 +41,10 @@ pub struct Control {
     /// Only the control thread (and start-up) touches this; never the request path.
     listeners: Mutex<HashMap<Arc<str>, Running>>,
     next_generation: AtomicU64,
+    /// The dashboard's history ([`super::stats`]).
+    pub stats: Mutex<super::stats::Ring>,
+    /// Reloads and their outcomes, newest last.
+    pub reloads: super::stats::Reloads,
 }
 
 /// The configuration in force.
@@ -96,6 +100,8 @@ impl Control {
             workers,
             listeners: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(generation + 1),
+            stats: Mutex::default(),
+            reloads: super::stats::Reloads::default(),
         }
     }
 
@@ -299,6 +305,7 @@ impl Control {
         }
         if kind == Kind::Reload {
             self.state.metrics.reloads_success.fetch_add(1, Ordering::Relaxed);
+            self.reloads.record(generation, true, Vec::new());
             tracing::info!(generation, "configuration reloaded");
         }
         ReloadOutcome { generation, errors: vec![], warnings: warnings.warnings().cloned().collect() }
@@ -315,7 +322,9 @@ impl Control {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        ReloadOutcome { generation: self.state.load().generation, errors, warnings }
+        let generation = self.state.load().generation;
+        self.reloads.record(generation, false, errors.iter().map(|e| e.to_string()).collect());
+        ReloadOutcome { generation, errors, warnings }
     }
 
     /// Binds the listeners of `snap` that are not running with the same address. Nothing is

@@ -77,6 +77,7 @@ async fn main(
     tokio::spawn(super::autoscale::supervise(control.state.clone()));
     tokio::spawn(super::certificates::run(control.clone()));
     tokio::spawn(crate::auth::jwks::run(control.state.clone()));
+    tokio::spawn(super::stats::run(control.clone()));
     if let Some(every) = poll.filter(|d| !d.is_zero()) {
         tokio::spawn(super::source::poll(control.clone(), control.source.clone(), every));
     }

@@ -175,6 +175,8 @@ pub struct Metrics {
     groups: DashMap<Arc<str>, Arc<GroupStats>>,
     autoscaling_desired: DashMap<Arc<str>, Arc<AtomicI64>>,
     autoscaling_actions: DashMap<(Arc<str>, &'static str), Arc<AtomicU64>>,
+    /// Each autoscaled group's latest decision, described, and when (for the dashboard).
+    autoscaling_decisions: DashMap<Arc<str>, (std::time::SystemTime, String)>,
     pub cloudwatch_publish_errors: AtomicU64,
     pub cloudwatch_datums_published: AtomicU64,
     pub reloads_success: AtomicU64,
@@ -242,6 +244,21 @@ impl Metrics {
     /// Records the autoscaler's latest desired count for `target_group`.
     pub fn autoscaling_desired(&self, target_group: &Arc<str>, desired: i64) {
         self.autoscaling_desired.entry(target_group.clone()).or_default().store(desired, Ordering::Relaxed);
+    }
+
+    /// Notes the autoscaler's latest decision for `target_group` (control plane).
+    pub fn autoscaling_decision(&self, target_group: &Arc<str>, what: String) {
+        self.autoscaling_decisions.insert(target_group.clone(), (std::time::SystemTime::now(), what));
+    }
+
+    /// The latest decision for `target_group`, if any.
+    pub fn autoscaling_decision_of(&self, target_group: &str) -> Option<(std::time::SystemTime, String)> {
+        self.autoscaling_decisions.get(target_group).map(|e| e.value().clone())
+    }
+
+    /// Every autoscaled group's latest desired count.
+    pub fn autoscaling_all(&self) -> Vec<(Arc<str>, i64)> {
+        self.autoscaling_desired.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect()
     }
 
     /// Counts one scaling action (`out` or `in`) of `target_group`.

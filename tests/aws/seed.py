@@ -135,6 +135,12 @@ if op == "cw_sum":
     )
     out({"sum": sum(d["Sum"] for d in r["Datapoints"]), "samples": sum(d["SampleCount"] for d in r["Datapoints"])})
 
+if op == "cw_names":
+    names = set()
+    for page in boto3.client("cloudwatch", **kw).get_paginator("list_metrics").paginate(Namespace=cmd["namespace"]):
+        names.update(m["MetricName"] for m in page["Metrics"])
+    out({"names": sorted(names)})
+
 if op == "aas_describe":
     c = boto3.client("application-autoscaling", **kw)
     targets = c.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub mod aws;
+pub mod browser;
 pub mod dns;
 pub mod process;
 pub mod raw;
