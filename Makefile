@@ -32,7 +32,7 @@ $(CFN_LINT): $(MOTO)
 # The README's picture of the dashboard: the browser test's screenshot, kept in docs/ (needs
 # chromium: apt-get install chromium).
 screenshot:
-	PILOTFISH_SCREENSHOT=$(abspath docs/dashboard.png) $(CARGO) test --test dashboard the_dashboard_renders -- --nocapture
+	PILOTFISH_REQUIRE_CHROMIUM=1 PILOTFISH_SCREENSHOT=$(abspath docs/dashboard.png) $(CARGO) test --test dashboard the_dashboard_renders -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -16,23 +16,35 @@ use common::*;
 
 const TOKEN: &str = "dashboard-token-0123";
 
-/// A certificate for the https listener (its expiry is on the page), written once per process.
-fn certificate() -> (String, String) {
-    let dir = std::env::temp_dir().join(format!("pilotfish-dashboard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca = common::tls::Ca::new("dashboard CA");
-    let not_after = time::OffsetDateTime::now_utc() + time::Duration::days(60);
-    ca.issue_until(&["shop.example.com"], &common::tls::ECDSA, not_after).write(&dir, "shop")
+/// A certificate for the https listener (its expiry is on the page) and the admin token's file,
+/// written once per process (the tests run side by side).
+fn files() -> &'static (String, String, String) {
+    static FILES: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pilotfish-dashboard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = common::tls::Ca::new("dashboard CA");
+        let not_after = time::OffsetDateTime::now_utc() + time::Duration::days(60);
+        let (cert, key) = ca.issue_until(&["shop.example.com"], &common::tls::ECDSA, not_after).write(&dir, "shop");
+        let token = dir.join("admin-token");
+        std::fs::write(&token, TOKEN).unwrap();
+        (cert, key, token.display().to_string())
+    })
+}
+
+/// The admin token line of [`config`], which the tests without a token take out.
+fn token_line() -> String {
+    format!("admin_token = {{ file = \"{}\" }}\n", files().2)
 }
 
 fn config(a: &Backend, b: &Backend) -> String {
-    let (cert, key) = certificate();
+    let (cert, key, _) = files();
+    let token = token_line();
     format!(
         r#"
 [server]
 admin_bind = "127.0.0.1:0"
-admin_token = {{ env = "PILOTFISH_DASHBOARD_TEST_TOKEN" }}
-
+{token}
 [[certificates]]
 name = "shop"
 cert = "{cert}"
@@ -61,7 +73,7 @@ forward = "api"
 name = "tagged"
 listeners = ["web"]
 priority = 20
-headers = {{ "x-test" = ["<script>alert(1)</script>"] }}
+headers = {{ "x-test" = ["<script>alert(1)</script>", "<img src=x onerror=\"window.__pwned=1\">"] }}
 fixed_response = {{ status = 200, body = "tagged" }}
 
 [[target_groups]]
@@ -88,7 +100,6 @@ async fn admin_get(lb: &Lb, path: &str, token: Option<&str>) -> Got {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
-    std::env::set_var("PILOTFISH_DASHBOARD_TEST_TOKEN", TOKEN);
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = Lb::start(&config(&a, &b));
     for (g, t) in [("web", a.addr), ("api", b.addr)] {
@@ -163,9 +174,14 @@ async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
     }
     let text = page.eval("document.body.innerText").await.as_str().unwrap().to_string();
     assert!(text.contains("<script>alert(1)</script>"), "the header value is shown as text:\n{text}");
-    assert!(text.find("api").is_some() && text.contains("tagged") && text.contains("forward api"), "{text}");
+    assert!(text.contains("<img src=x onerror=\"window.__pwned=1\">"), "{text}");
+    assert!(text.contains("tagged") && text.contains("forward api") && text.contains("fixed response 200"), "{text}");
     assert_eq!(page.eval("document.querySelectorAll('script').length").await, 1, "nothing injected");
-    assert_eq!(page.eval("typeof window.alert === 'function' && !window.__pwned").await, true);
+    assert_eq!(
+        page.eval("document.querySelectorAll('img[src=x]').length === 0 && !window.__pwned").await,
+        true,
+        "no markup from data"
+    );
 
     // Charts have points: wait for a few intervals of history, then keep the picture.
     let history = poll_until(Duration::from_secs(40), Duration::from_millis(500), || async {
@@ -229,7 +245,7 @@ async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_answers_its_documented_fields() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let lb = Lb::start(&config(&a, &b).replace("admin_token = { env = \"PILOTFISH_DASHBOARD_TEST_TOKEN\" }\n", ""));
+    let lb = Lb::start(&config(&a, &b).replace(&token_line(), ""));
     get(&client(), &lb.url("web", "/api/one")).await;
     let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
     for key in [
@@ -259,7 +275,7 @@ async fn stats_answers_its_documented_fields() {
     assert_eq!(rules, ["api", "tagged"], "priority order");
     assert_eq!(
         l["rules"][1]["conditions"][0],
-        serde_json::json!({ "kind": "header x-test", "values": ["<script>alert(1)</script>"] })
+        serde_json::json!({ "kind": "header x-test", "values": ["<script>alert(1)</script>", "<img src=x onerror=\"window.__pwned=1\">"] })
     );
     assert_eq!(l["rules"][1]["action"], "fixed response 200");
     let g = s["target_groups"].as_array().unwrap().iter().find(|g| g["name"] == "api").unwrap();
@@ -269,13 +285,69 @@ async fn stats_answers_its_documented_fields() {
         assert!(g["series"][k].is_array(), "{k}");
     }
 
-    // A failed reload is in the history, with its error.
+    // Every other request answered 500 by the target: an interval's error rate is about half,
+    // and its requests per second count them all.
+    let c = client();
+    assert!(wait_state(&lb, "api", b.addr, "healthy", Duration::from_secs(10)).await);
+    for i in 0..40 {
+        let status = if i % 2 == 0 { "200" } else { "500" };
+        let req = http::Request::get(lb.url("web", "/api/e")).header("x-status", status).body(Default::default());
+        let got = send(&c, req.unwrap()).await;
+        assert_eq!(got.status.as_str(), status, "{}", got.body);
+    }
+    let halved = poll_until(Duration::from_secs(20), Duration::from_millis(250), || async {
+        let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+        let g = s["target_groups"].as_array().unwrap().iter().find(|g| g["name"] == "api").unwrap().clone();
+        let (rates, rps) = (
+            g["series"]["error_rate"].as_array().unwrap().clone(),
+            g["series"]["requests_per_second"].as_array().unwrap().clone(),
+        );
+        rates
+            .iter()
+            .zip(&rps)
+            .any(|(e, r)| e.as_f64().is_some_and(|e| (0.4..=0.6).contains(&e)) && r.as_f64().unwrap_or(0.0) >= 1.0)
+    })
+    .await;
+    let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+    assert!(halved, "a point with half its requests answered 500: {}", s["target_groups"]);
+
+    // A failed reload is in the history, with its error; a good one after it clears the error.
     let out = lb.server.control().reload_text("test.toml", "[[listeners]]\nname = 1\n");
     assert!(!out.ok());
     let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
     let last = s["reloads"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["result"], "failure", "{s}");
     assert!(s["last_reload_error"].as_str().unwrap().contains("test.toml:"), "{s}");
+    let good = config(&a, &b).replace(&token_line(), "");
+    assert!(lb.server.control().reload_text("test.toml", &good).ok());
+    let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+    assert_eq!(s["reloads"].as_array().unwrap().last().unwrap()["result"], "success");
+    assert!(s["last_reload_error"].is_null(), "{s}");
+    assert_eq!(s["generation"], 2);
+
+    // Only this balancer's own names reach it: a rebinding page's Host, a cross-site reload.
+    let rebound = send(
+        &c,
+        http::Request::get(lb.admin("/stats")).header("host", "evil.example:9901").body(Default::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(rebound.status.as_u16(), 421, "{}", rebound.body);
+    let cross = http::Request::post(lb.admin("/reload"))
+        .header("origin", "https://evil.example")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(send(&c, cross).await.status.as_u16(), 403);
+    let cross = http::Request::post(lb.admin("/reload"))
+        .header("sec-fetch-site", "cross-site")
+        .body(Default::default())
+        .unwrap();
+    assert_eq!(send(&c, cross).await.status.as_u16(), 403);
+    for host in ["localhost", "127.0.0.1:9901", "[::1]:9901"] {
+        let ok =
+            send(&c, http::Request::get(lb.admin("/healthz")).header("host", host).body(Default::default()).unwrap())
+                .await;
+        assert_eq!(ok.status.as_u16(), 200, "{host}");
+    }
 }
 
 /// Every `pilotfish_*` name deploy/grafana-dashboard.json queries is in `/metrics` (the
@@ -284,7 +356,7 @@ async fn stats_answers_its_documented_fields() {
 async fn the_grafana_dashboard_queries_metrics_that_exist() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let lb = Lb::start(&config(&a, &b).replace("admin_token = { env = \"PILOTFISH_DASHBOARD_TEST_TOKEN\" }\n", ""));
+    let lb = Lb::start(&config(&a, &b).replace(&token_line(), ""));
     get(&client(), &lb.url("web", "/")).await;
     let metrics = admin_get(&lb, "/metrics", None).await.body;
     let families: BTreeSet<&str> =

@@ -90,7 +90,7 @@ const DASHBOARD_JS: &str = include_str!("dashboard/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 
 /// What the dashboard's files may do: load their own script and style, fetch from this origin.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; require-trusted-types-for 'script'";
 
 /// A dashboard file, with the headers that keep it from being framed, sniffed or cached.
 fn asset(ctype: &'static str, body: &'static str) -> Response<Full<Bytes>> {
@@ -132,8 +132,47 @@ fn authorized(control: &Control, req: &Request<Incoming>) -> bool {
     }
 }
 
+/// The refusal of `req` unless it names this API the way only its operator would. Without a token, only an IP
+/// address or `localhost` in `Host`: a web page whose name was rebound to this address (DNS
+/// rebinding) must not read it. Never a state change from another site's page (`Origin` not
+/// this host, or `Sec-Fetch-Site: cross-site`): a form or `fetch` from any page the operator
+/// visits could otherwise POST /reload.
+fn same_site(control: &Control, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+    if control.state.load().server.admin_token.is_none() {
+        if let Some(h) = host {
+            let name = match h.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => h.rsplit_once(':').map_or(h, |(n, _)| n),
+            };
+            if name.parse::<std::net::IpAddr>().is_err() && !name.eq_ignore_ascii_case("localhost") {
+                return Some(reply(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "text/plain",
+                    "this admin API answers to its IP address or localhost; set admin_token to reach it by another name\n",
+                ));
+            }
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let cross_fetch = req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
+        let origin = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok());
+        let foreign = origin.is_some_and(|o| {
+            let authority = o.split_once("://").map_or(o, |(_, a)| a);
+            Some(authority) != host
+        });
+        if cross_fetch || foreign {
+            return Some(reply(StatusCode::FORBIDDEN, "text/plain", "forbidden: a request from another site\n"));
+        }
+    }
+    None
+}
+
 async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let state = &control.state;
+    if let Some(refused) = same_site(control, &req) {
+        return refused;
+    }
     if !open_path(req.uri().path()) && !authorized(control, &req) {
         let mut r =
             reply(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized: send Authorization: Bearer <admin_token>\n");
@@ -147,8 +186,12 @@ async fn route(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes
         (&Method::GET, "/dashboard.js") => asset("text/javascript; charset=utf-8", DASHBOARD_JS),
         (&Method::GET, "/dashboard.css") => asset("text/css; charset=utf-8", DASHBOARD_CSS),
         (&Method::GET, "/stats") => {
-            let mut r = json_reply(StatusCode::OK, super::stats::render(control));
-            r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            // Compact: the page reads it every 2 s.
+            let body = serde_json::to_vec(&super::stats::render(control)).unwrap_or_default();
+            let mut r = reply(StatusCode::OK, "application/json", body);
+            let h = r.headers_mut();
+            h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
             r
         }
         (&Method::GET, "/readyz") => {

@@ -144,7 +144,8 @@ impl Ring {
         self.times.push_back(unix(SystemTime::now()));
         let len = self.times.len();
         // Groups gone with a reload leave the history; new ones start with gaps.
-        self.groups.retain(|name, _| names.contains(name));
+        let current: std::collections::HashSet<&Arc<str>> = names.iter().collect();
+        self.groups.retain(|name, _| current.contains(name));
         for name in names {
             let t = totals[&name];
             let point = self.last.get(&name).map(|prev| {
@@ -156,7 +157,8 @@ impl Ring {
                 }
                 Point {
                     rps: requests as f64 / elapsed,
-                    error_rate: (requests > 0).then(|| errors as f64 / requests as f64),
+                    // (Codes are read one after the other: a few answers may land in between.)
+                    error_rate: (requests > 0).then(|| (errors as f64 / requests as f64).min(1.0)),
                     p50_ms: quantile(&delta, 0.5),
                     p99_ms: quantile(&delta, 0.99),
                 }
@@ -182,7 +184,7 @@ impl Ring {
         let round = |v: f64| (v * 1000.0).round() / 1000.0;
         json!({
             "time": self.times.iter().skip(skip).map(|t| t.round() as u64).collect::<Vec<_>>(),
-            "requests_per_second": points.iter().map(|p| p.map_or(0.0, |p| round(p.rps))).collect::<Vec<_>>(),
+            "requests_per_second": points.iter().map(|p| p.map(|p| round(p.rps))).collect::<Vec<_>>(),
             "error_rate": points.iter().map(|p| p.and_then(|p| p.error_rate).map(round)).collect::<Vec<_>>(),
             "p50_ms": points.iter().map(|p| p.and_then(|p| p.p50_ms).map(round)).collect::<Vec<_>>(),
             "p99_ms": points.iter().map(|p| p.and_then(|p| p.p99_ms).map(round)).collect::<Vec<_>>(),
@@ -347,11 +349,8 @@ pub fn render(control: &Control) -> Value {
         })
         .collect();
     drop(ring);
-    let reloads: Vec<Value> = control
-        .reloads
-        .0
-        .lock()
-        .expect("reload history")
+    let history = control.reloads.0.lock().expect("reload history");
+    let reloads: Vec<Value> = history
         .iter()
         .map(|r| {
             json!({
@@ -362,8 +361,9 @@ pub fn render(control: &Control) -> Value {
             })
         })
         .collect();
-    let last_error =
-        control.reloads.0.lock().expect("reload history").iter().rev().find(|r| !r.ok).map(|r| r.errors.join("\n"));
+    // The latest reload's errors, if it failed (a good one after a failure clears it).
+    let last_error = history.back().filter(|r| !r.ok).map(|r| r.errors.join("\n"));
+    drop(history);
     let phase = if state.is_draining() {
         "draining"
     } else if state.is_ready() {

@@ -20,21 +20,30 @@ pub fn binary() -> Option<PathBuf> {
     CANDIDATES.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
-/// A running headless chromium with one page attached.
-pub struct Browser {
+/// The chromium process group and its profile: killed (the whole group, renderers included,
+/// by the leader's PID) and removed on drop, from the moment it is spawned.
+struct Running {
     child: Child,
     dir: PathBuf,
-    ws: WebSocketStream<TcpStream>,
-    session: String,
-    next: u64,
 }
 
-impl Drop for Browser {
+impl Drop for Running {
     fn drop(&mut self) {
+        // The group's id is the leader's PID (process_group(0) below).
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A running headless chromium with one page attached.
+pub struct Browser {
+    ws: WebSocketStream<TcpStream>,
+    session: String,
+    next: u64,
+    // Last: the connection closes before the process goes.
+    _running: Running,
 }
 
 impl Browser {
@@ -53,7 +62,9 @@ impl Browser {
         let dir = std::env::temp_dir().join(format!("pilotfish-browser-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::process::CommandExt;
         let child = Command::new(bin)
+            .process_group(0)
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -73,6 +84,7 @@ impl Browser {
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromium");
+        let running = Running { child, dir: dir.clone() };
         // chromium writes its port and browser path once it listens.
         let file = dir.join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -88,7 +100,7 @@ impl Browser {
         };
         let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let (ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}{path}"), tcp).await.unwrap();
-        let mut b = Browser { child, dir, ws, session: String::new(), next: 0 };
+        let mut b = Browser { ws, session: String::new(), next: 0, _running: running };
         let target = b.call(None, "Target.createTarget", json!({ "url": "about:blank" })).await;
         let target = target["targetId"].as_str().unwrap().to_string();
         let attached = b.call(None, "Target.attachToTarget", json!({ "targetId": target, "flatten": true })).await;

@@ -333,9 +333,15 @@
 
   function render(d) {
     renderHeader(d);
-    // Do not pull text out from under a user who is selecting it (to copy an address, say).
+    // Do not pull text out from under a user who is selecting it (to copy an address, say),
+    // but never for longer than 10 s: the page must not look live while showing old states.
     const sel = window.getSelection();
-    if (sel && !sel.isCollapsed && $("content").contains(sel.anchorNode) && document.documentElement.hasAttribute("data-loaded")) return;
+    const selecting = sel && !sel.isCollapsed && $("content").contains(sel.anchorNode) && document.documentElement.hasAttribute("data-loaded");
+    if (selecting) {
+      view.heldSince = view.heldSince || Date.now();
+      if (Date.now() - view.heldSince < 10000) return;
+    }
+    view.heldSince = 0;
     const listeners = arr(d.listeners), groups = arr(d.target_groups);
     replaceKeepingScroll($("listeners-body"), listeners.length ? listeners.map(listenerCard) : [h("p", { class: "empty" }, "No listeners.")]);
     replaceKeepingScroll($("groups-body"), groups.length ? groups.map((g) => groupCard(g, d)) : [h("p", { class: "empty" }, "No target groups.")]);
