@@ -135,14 +135,6 @@ fn check(moto: &Moto, source: &OsStr) -> std::process::Output {
         .unwrap()
 }
 
-async fn admin_get(admin: std::net::SocketAddr, path: &str, token: Option<&str>) -> Got {
-    let url = format!("http://{admin}{path}");
-    match token {
-        Some(t) => get_with(&client(), &url, &[("authorization", &format!("Bearer {t}"))]).await,
-        None => get(&client(), &url).await,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_from_acm_parameter_store_and_secrets_manager_are_served() {
     let moto = Moto::start().await;

@@ -90,14 +90,6 @@ health_check = {{ path = "/health", interval = "500ms", timeout = "400ms", healt
     )
 }
 
-async fn admin_get(lb: &Lb, path: &str, token: Option<&str>) -> Got {
-    let mut req = http::Request::get(lb.admin(path));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    send(&client(), req.body(Default::default()).unwrap()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
@@ -105,7 +97,7 @@ async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
     for (g, t) in [("web", a.addr), ("api", b.addr)] {
         let healthy = poll_until(Duration::from_secs(10), Duration::from_millis(50), || async {
             let v: serde_json::Value =
-                serde_json::from_str(&admin_get(&lb, "/targets", Some(TOKEN)).await.body).unwrap();
+                serde_json::from_str(&admin_get(lb.server.admin_addr(), "/targets", Some(TOKEN)).await.body).unwrap();
             v["target_groups"].as_array().unwrap().iter().any(|x| {
                 x["name"] == g
                     && x["targets"]
@@ -121,7 +113,7 @@ async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
 
     // The page and its files need no token and come with their protections; the data does.
     for (path, ctype) in [("/", "text/html"), ("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css")] {
-        let got = admin_get(&lb, path, None).await;
+        let got = admin_get(lb.server.admin_addr(), path, None).await;
         assert_eq!(got.status.as_u16(), 200, "{path}");
         assert!(got.header("content-type").unwrap().starts_with(ctype), "{path}");
         let csp = got.header("content-security-policy").unwrap();
@@ -131,9 +123,9 @@ async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
         );
         assert_eq!(got.header("x-frame-options"), Some("DENY"));
     }
-    let page = admin_get(&lb, "/", None).await.body;
+    let page = admin_get(lb.server.admin_addr(), "/", None).await.body;
     assert!(!page.contains("<script>") && page.matches("<script").count() == 1, "one external script, nothing inline");
-    assert_eq!(admin_get(&lb, "/stats", None).await.status.as_u16(), 401);
+    assert_eq!(admin_get(lb.server.admin_addr(), "/stats", None).await.status.as_u16(), 401);
 
     // Traffic for the charts: a few intervals of it.
     let url = lb.url("web", "/");
@@ -185,7 +177,8 @@ async fn the_dashboard_renders_live_in_a_browser_and_escapes_what_it_shows() {
 
     // Charts have points: wait for a few intervals of history, then keep the picture.
     let history = poll_until(Duration::from_secs(40), Duration::from_millis(500), || async {
-        let stats: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", Some(TOKEN)).await.body).unwrap();
+        let stats: serde_json::Value =
+            serde_json::from_str(&admin_get(lb.server.admin_addr(), "/stats", Some(TOKEN)).await.body).unwrap();
         let web = stats["target_groups"].as_array().unwrap().iter().find(|g| g["name"] == "web").cloned().unwrap();
         let rps = web["series"]["requests_per_second"].as_array().cloned().unwrap_or_default();
         let p99 = web["series"]["p99_ms"].as_array().cloned().unwrap_or_default();
@@ -247,7 +240,8 @@ async fn stats_answers_its_documented_fields() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = Lb::start(&config(&a, &b).replace(&token_line(), ""));
     get(&client(), &lb.url("web", "/api/one")).await;
-    let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.server.admin_addr(), "/stats", None).await.body).unwrap();
     for key in [
         "version",
         "now",
@@ -296,7 +290,8 @@ async fn stats_answers_its_documented_fields() {
         assert_eq!(got.status.as_str(), status, "{}", got.body);
     }
     let halved = poll_until(Duration::from_secs(20), Duration::from_millis(250), || async {
-        let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+        let s: serde_json::Value =
+            serde_json::from_str(&admin_get(lb.server.admin_addr(), "/stats", None).await.body).unwrap();
         let g = s["target_groups"].as_array().unwrap().iter().find(|g| g["name"] == "api").unwrap().clone();
         let (rates, rps) = (
             g["series"]["error_rate"].as_array().unwrap().clone(),
@@ -308,19 +303,22 @@ async fn stats_answers_its_documented_fields() {
             .any(|(e, r)| e.as_f64().is_some_and(|e| (0.4..=0.6).contains(&e)) && r.as_f64().unwrap_or(0.0) >= 1.0)
     })
     .await;
-    let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.server.admin_addr(), "/stats", None).await.body).unwrap();
     assert!(halved, "a point with half its requests answered 500: {}", s["target_groups"]);
 
     // A failed reload is in the history, with its error; a good one after it clears the error.
     let out = lb.server.control().reload_text("test.toml", "[[listeners]]\nname = 1\n");
     assert!(!out.ok());
-    let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.server.admin_addr(), "/stats", None).await.body).unwrap();
     let last = s["reloads"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["result"], "failure", "{s}");
     assert!(s["last_reload_error"].as_str().unwrap().contains("test.toml:"), "{s}");
     let good = config(&a, &b).replace(&token_line(), "");
     assert!(lb.server.control().reload_text("test.toml", &good).ok());
-    let s: serde_json::Value = serde_json::from_str(&admin_get(&lb, "/stats", None).await.body).unwrap();
+    let s: serde_json::Value =
+        serde_json::from_str(&admin_get(lb.server.admin_addr(), "/stats", None).await.body).unwrap();
     assert_eq!(s["reloads"].as_array().unwrap().last().unwrap()["result"], "success");
     assert!(s["last_reload_error"].is_null(), "{s}");
     assert_eq!(s["generation"], 2);
@@ -358,7 +356,7 @@ async fn the_grafana_dashboard_queries_metrics_that_exist() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let lb = Lb::start(&config(&a, &b).replace(&token_line(), ""));
     get(&client(), &lb.url("web", "/")).await;
-    let metrics = admin_get(&lb, "/metrics", None).await.body;
+    let metrics = admin_get(lb.server.admin_addr(), "/metrics", None).await.body;
     let families: BTreeSet<&str> =
         metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
 

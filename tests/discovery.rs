@@ -15,22 +15,7 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn addresses(lb: &Lb, group: &str) -> HashSet<String> {
-    let v: serde_json::Value = serde_json::from_str(&get(&client(), &lb.admin("/targets")).await.body).unwrap();
-    v["target_groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == group)
-        .map(|g| {
-            g["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["state"] != "draining")
-                .map(|t| t["address"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    live_targets(lb, group).await.iter().map(|t| t["address"].as_str().unwrap().to_string()).collect()
 }
 
 async fn wait_addresses(lb: &Lb, group: &str, want: &HashSet<String>) {

@@ -15,22 +15,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// The group's targets that take traffic (not draining), as `address weight`.
 async fn targets(lb: &Lb, group: &str) -> BTreeSet<String> {
-    let v: serde_json::Value = serde_json::from_str(&get(&client(), &lb.admin("/targets")).await.body).unwrap();
-    v["target_groups"]
-        .as_array()
-        .unwrap()
+    live_targets(lb, group)
+        .await
         .iter()
-        .find(|g| g["name"] == group)
-        .map(|g| {
-            g["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|t| t["state"] != "draining")
-                .map(|t| format!("{} {}", t["address"].as_str().unwrap(), t["weight"]))
-                .collect()
-        })
-        .unwrap_or_default()
+        .map(|t| format!("{} {}", t["address"].as_str().unwrap(), t["weight"]))
+        .collect()
 }
 
 async fn wait_targets(lb: &Lb, group: &str, want: &[String]) {

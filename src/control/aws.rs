@@ -12,7 +12,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 
 use crate::config::snapshot::AwsSettings;
 
-/// A failed call to AWS, described for operators.
+/// A failed call to AWS (or to DNS, for DNS discovery: `operation` names the query), described
+/// for operators.
 #[derive(Debug, thiserror::Error)]
 #[error("{operation} failed: {code}: {message}")]
 pub struct AwsError {

@@ -23,13 +23,14 @@ const BATCH: usize = 500;
 /// Datums kept for retry while CloudWatch is unreachable (oldest dropped first).
 const MAX_PENDING: usize = 20_000;
 
-/// Cumulative counters at one instant.
+/// Cumulative counters at one instant, under ALB's metric names (also what the dashboard's
+/// history is computed from, [`super::stats`]).
 #[derive(Debug, Default, Clone)]
-struct Totals {
-    lb: HashMap<&'static str, u64>,
-    groups: HashMap<Arc<str>, HashMap<&'static str, u64>>,
+pub(crate) struct Totals {
+    pub lb: HashMap<&'static str, u64>,
+    pub groups: HashMap<Arc<str>, HashMap<&'static str, u64>>,
     /// Per group: latency histogram buckets (cumulative counts per bucket, not running sums).
-    latency: HashMap<Arc<str>, [u64; BUCKETS.len() + 1]>,
+    pub latency: HashMap<Arc<str>, [u64; BUCKETS.len() + 1]>,
 }
 
 const TARGET_CODES: [&str; 4] = [
@@ -39,7 +40,8 @@ const TARGET_CODES: [&str; 4] = [
     "HTTPCode_Target_5XX_Count",
 ];
 
-fn totals(state: &SharedState) -> Totals {
+/// Reads every counter the workers keep, summed over their shards.
+pub(crate) fn totals(state: &SharedState) -> Totals {
     let m = &state.metrics;
     let mut t = Totals::default();
     // Responses by class (2xx..5xx) per group, over every listener.

@@ -5,8 +5,9 @@
 //! reload history.
 //!
 //! The history costs the request path nothing: every [`INTERVAL`] the control thread reads the
-//! counters the data plane keeps anyway (response codes per listener and group, the target
-//! response histogram, both summed over the workers' shards) and keeps the differences in a ring
+//! counters the data plane keeps anyway, as the CloudWatch publisher reads them
+//! ([`super::cloudwatch::totals`]: response codes per group over every listener, the target
+//! response histogram, summed over the workers' shards) and keeps the differences in a ring
 //! of [`WINDOW`] / [`INTERVAL`] points. Percentiles come from the histogram's buckets (linear
 //! within a bucket, as Prometheus' `histogram_quantile` does), so they are as coarse as the
 //! buckets.
@@ -119,23 +120,22 @@ impl Ring {
         let now = std::time::Instant::now();
         let elapsed = self.last_at.map_or(INTERVAL, |t| now - t).as_secs_f64().max(0.001);
         self.last_at = Some(now);
+        // The same reading as the CloudWatch publisher's: requests and 5xx (the targets' and
+        // the balancer's own) per group over every listener, and the target response buckets.
+        let all = super::cloudwatch::totals(state);
         let mut totals: HashMap<Arc<str>, Totals> = HashMap::new();
-        for ((_, group), codes) in state.metrics.request_counters() {
-            if group.is_empty() {
-                continue;
-            }
-            let t = totals.entry(group).or_insert(Totals { requests: 0, errors: 0, buckets: [0; BUCKETS.len() + 1] });
-            t.requests += codes.total();
-            t.errors += (500..600).map(|c| codes.get(c)).sum::<u64>();
-        }
         let mut names = Vec::new();
         for g in snap.target_groups() {
-            let t = totals.entry(g.name.clone()).or_insert(Totals {
-                requests: 0,
-                errors: 0,
-                buckets: [0; BUCKETS.len() + 1],
-            });
-            t.buckets = state.metrics.target_response(&g.name).snapshot().0;
+            let counts = all.groups.get(&g.name);
+            let count = |k: &str| counts.and_then(|c| c.get(k)).copied().unwrap_or(0);
+            totals.insert(
+                g.name.clone(),
+                Totals {
+                    requests: count("RequestCount"),
+                    errors: count("HTTPCode_Target_5XX_Count") + count("HTTPCode_ELB_5XX_Count"),
+                    buckets: all.latency.get(&g.name).copied().unwrap_or([0; BUCKETS.len() + 1]),
+                },
+            );
             names.push(g.name.clone());
         }
         if self.times.len() == POINTS {

@@ -228,7 +228,7 @@ fn check_options(opts: &Options) -> Result<Option<String>, ImportError> {
         return usage("--http-port and --https-port must be two different non-zero ports".into());
     }
     for cidr in &opts.proxy_trusted {
-        if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+        if crate::config::compile::parse_cidr(cidr).is_none() {
             return usage(format!("--proxy-trusted {cidr:?}: expected a CIDR block like \"10.0.0.0/16\""));
         }
     }
@@ -880,9 +880,7 @@ fn source_ips(cx: &mut Cx<'_>, field: &str, v: Value) -> Vec<String> {
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         match item.as_str() {
-            Some(s) if s.parse::<ipnet::IpNet>().is_ok() || s.parse::<std::net::IpAddr>().is_ok() => {
-                out.push(s.to_owned())
-            }
+            Some(s) if crate::config::compile::parse_cidr(s).is_some() => out.push(s.to_owned()),
             _ => cx.err(&format!("{field}[{i}]"), format!("{item:?} is not a CIDR block like \"10.0.0.0/16\"")),
         }
     }

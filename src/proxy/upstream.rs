@@ -105,7 +105,7 @@ struct Idle {
 #[derive(Default)]
 struct Pool {
     idle: FxHashMap<PoolKey, VecDeque<Idle>>,
-    /// With when each was last handed out.
+    /// With when each was opened or, announced ones, last handed out.
     h2: FxHashMap<PoolKey, (http2::SendRequest<H2Body>, Instant)>,
     last_sweep: Option<Instant>,
 }
@@ -230,13 +230,17 @@ pub async fn h2_sender(
     client: Option<&ClientInfo>,
 ) -> Result<http2::SendRequest<H2Body>, ProxyError> {
     let key = PoolKey::new(id, transport, client);
-    let now = Instant::now();
     let cached = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        p.sweep(now);
-        let (tx, used) = p.h2.get_mut(&key).filter(|(tx, _)| !tx.is_closed())?;
-        *used = now;
-        Some(tx.clone())
+        // Only announced connections age out (one per client): only they note when last used.
+        if key.client != 0 {
+            let now = Instant::now();
+            p.sweep(now);
+            if let Some((_, used)) = p.h2.get_mut(&key) {
+                *used = now;
+            }
+        }
+        p.h2.get(&key).filter(|(tx, _)| !tx.is_closed()).map(|(tx, _)| tx.clone())
     });
     if let Some(mut tx) = cached {
         if tx.ready().await.is_ok() {
@@ -244,7 +248,7 @@ pub async fn h2_sender(
         }
     }
     let tx = Box::pin(connect_h2(addr, transport, client.map(ClientInfo::endpoints))).await?;
-    POOL.with(|p| p.borrow_mut().h2.insert(key, (tx.clone(), now)));
+    POOL.with(|p| p.borrow_mut().h2.insert(key, (tx.clone(), Instant::now())));
     Ok(tx)
 }
 

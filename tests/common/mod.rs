@@ -372,6 +372,23 @@ pub async fn target_entry(lb: &Lb, group: &str, addr: SocketAddr) -> Option<serd
         .cloned()
 }
 
+/// The admin `/targets` entries of group `group` that take traffic (not draining).
+pub async fn live_targets(lb: &Lb, group: &str) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&get(&client(), &lb.admin("/targets")).await.body).unwrap();
+    let g = v["target_groups"].as_array().unwrap().iter().find(|g| g["name"] == group).cloned();
+    let targets = g.map(|g| g["targets"].as_array().cloned().unwrap_or_default()).unwrap_or_default();
+    targets.into_iter().filter(|t| t["state"] != "draining").collect()
+}
+
+/// GET `path` of the admin API at `admin`, with `Authorization: Bearer TOKEN` when given.
+pub async fn admin_get(admin: SocketAddr, path: &str, token: Option<&str>) -> Got {
+    let url = format!("http://{admin}{path}");
+    match token {
+        Some(t) => get_with(&client(), &url, &[("authorization", &format!("Bearer {t}"))]).await,
+        None => get(&client(), &url).await,
+    }
+}
+
 /// Polls `/targets` until `addr` in `group` is in `state` (true) or `within` passes (false).
 pub async fn wait_state(lb: &Lb, group: &str, addr: SocketAddr, state: &str, within: Duration) -> bool {
     poll_until(within, Duration::from_millis(5), || async {

@@ -48,6 +48,7 @@ use listener::ListenerDef;
 use rule::{ActionDef, RuleDef};
 use target_group::{GroupDef, Targets};
 
+pub use rule::parse_cidr;
 pub use target_group::parse_matcher;
 
 /// What a compile needs besides the file itself.

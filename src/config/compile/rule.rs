@@ -193,7 +193,7 @@ pub(super) fn empty_list<T>(cx: &mut Ctx<'_>, list: &Spanned<Vec<T>>, what: &str
 }
 
 /// Parses a CIDR; a bare address is a single-host network.
-pub(super) fn parse_cidr(s: &str) -> Option<IpNet> {
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>().ok().map(|n| n.trunc()).or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
 }
 

@@ -311,15 +311,9 @@ fn discovery(cx: &mut Ctx<'_>, group: &str, d: &Spanned<file::Discovery>, has_ta
         cx.err(d.span(), format!("target group {group:?}: use either targets or discovery, not both"));
     }
     let d_ref = d.get_ref();
-    let sources = [d_ref.cloud_map.is_some(), d_ref.ecs.is_some(), d_ref.dns.is_some()];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        cx.err(d.span(), format!("target group {group:?}: discovery needs exactly one of cloud_map, ecs or dns"));
-        return None;
-    }
-    let spec = match (&d_ref.cloud_map, &d_ref.ecs) {
-        _ if d_ref.dns.is_some() => dns(cx, d_ref.dns.as_ref()?)?,
-        (Some(_), Some(_)) | (None, None) => return None,
-        (Some(cm), None) => {
+    let spec = match (&d_ref.cloud_map, &d_ref.ecs, &d_ref.dns) {
+        (None, None, Some(dn)) => dns(cx, dn)?,
+        (Some(cm), None, None) => {
             let c = cm.get_ref();
             let health_status = match &c.health_status {
                 Some(h) => {
@@ -341,7 +335,7 @@ fn discovery(cx: &mut Ctx<'_>, group: &str, d: &Spanned<file::Discovery>, has_ta
                 refresh: c.refresh.map_or(DiscoverySpec::CLOUD_MAP_REFRESH, |r| r.0),
             }
         }
-        (None, Some(ecs)) => {
+        (None, Some(ecs), None) => {
             let e = ecs.get_ref();
             if *e.container_port.get_ref() == 0 {
                 cx.err(e.container_port.span(), "container_port must be 1..=65535");
@@ -356,6 +350,10 @@ fn discovery(cx: &mut Ctx<'_>, group: &str, d: &Spanned<file::Discovery>, has_ta
                 container_port: *e.container_port.get_ref(),
                 refresh: e.refresh.map_or(DiscoverySpec::ECS_REFRESH, |r| r.0),
             }
+        }
+        _ => {
+            cx.err(d.span(), format!("target group {group:?}: discovery needs exactly one of cloud_map, ecs or dns"));
+            return None;
         }
     };
     cx.clean_since(mark).then_some(spec)

@@ -41,18 +41,16 @@ impl Source {
         }
     }
 
-    /// The source `spec` names (AWS clients from `aws`).
+    /// The source `spec` names (AWS clients from `aws`; DNS needs none).
     async fn new(spec: &DiscoverySpec, aws: &AwsSettings) -> Result<Source, AwsError> {
-        if let DiscoverySpec::Dns { name, kind, port, resolver, .. } = spec {
-            return dns::Dns::new(name, *kind, *port, *resolver).map(|d| Source::Dns(Box::new(d)));
-        }
-        let sdk = sdk_config(aws).await;
-        let custom_endpoint = aws.endpoint_url.is_some();
         Ok(match spec {
+            DiscoverySpec::Dns { name, kind, port, resolver, .. } => {
+                Source::Dns(Box::new(dns::Dns::new(name, *kind, *port, *resolver)?))
+            }
             DiscoverySpec::CloudMap { namespace, service, health_status, port, .. } => {
                 Source::CloudMap(cloud_map::CloudMap::new(
-                    &sdk,
-                    custom_endpoint,
+                    &sdk_config(aws).await,
+                    aws.endpoint_url.is_some(),
                     namespace.clone(),
                     service.clone(),
                     health_status.clone(),
@@ -60,13 +58,12 @@ impl Source {
                 ))
             }
             DiscoverySpec::Ecs { cluster, service, container_name, container_port, .. } => Source::Ecs(ecs::Ecs::new(
-                &sdk,
+                &sdk_config(aws).await,
                 cluster.clone(),
                 service.clone(),
                 container_name.clone(),
                 *container_port,
             )),
-            DiscoverySpec::Dns { .. } => unreachable!("handled above"),
         })
     }
 }
